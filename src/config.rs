@@ -1,0 +1,589 @@
+//! Configuration: the TOML file's serde structs, the embedded default, and validation into
+//! [`Settings`].
+//!
+//! Owns: parsing (`deny_unknown_fields` everywhere: a typo in a limit or a secret is a security
+//! bug), human units (`bytesize`, `humantime`), cross-field checks, secret loading (inline, file,
+//! environment variable) and the first-start secret generation of the embedded default.
+//! Must not: touch HTTP, storage layout beyond creating the secret file, or read anything after
+//! startup.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+/// The embedded default configuration, used when `--config` is not given.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+
+[storage]
+dir = "./data"
+"#;
+
+/// Errors while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    #[error("secret {id}: {reason}")]
+    Secret { id: String, reason: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub download: DownloadConfig,
+    pub cors: CorsConfig,
+    pub engine: EngineConfig,
+}
+
+/// `[server]`: listeners, timeouts and limits of the HTTP layer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses to listen on; IPv6 as `"[::1]:8080"`.
+    pub listen: Vec<SocketAddr>,
+    /// URL prefix of the upload/download routes (e.g. `/upload`). Requests with the prefix have
+    /// it stripped; requests without it are accepted too (a proxy may strip it).
+    pub url_prefix: String,
+    /// Time a client has to send a complete request head.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off (its staged data removed).
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Maximum size of the request head (HTTP/1.1 read buffer, HTTP/2 header list).
+    pub max_header_size: ByteSize,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Cap on concurrently open connections (further accepts wait).
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            url_prefix: String::new(),
+            header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
+            max_header_size: ByteSize::kib(16),
+            shutdown_grace: Duration::from_secs(30),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// How hard uploads are pushed to stable storage before they are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync the file and its directory before answering 201.
+    Fsync,
+    /// Leave flushing to the OS (faster; a power cut may lose recent uploads, never corrupt
+    /// older ones).
+    None,
+}
+
+/// `[storage]`: where and what may be stored.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Root directory. Files live in `<dir>/files`, metadata in `<dir>/meta`, staging in
+    /// `<dir>/staging`; the generated secret in `<dir>/secret.key`.
+    pub dir: PathBuf,
+    pub durability: Durability,
+    /// Largest accepted upload.
+    pub max_file_size: ByteSize,
+    /// Longest accepted file name (last path segment), in bytes of UTF-8.
+    pub max_filename_bytes: usize,
+    /// Longest accepted path (all segments), in bytes of UTF-8.
+    pub max_path_bytes: usize,
+    /// If non-empty, only these extensions (case-insensitive, without dot) are accepted.
+    pub allowed_extensions: Vec<String>,
+    /// Extensions always refused (case-insensitive, without dot).
+    pub denied_extensions: Vec<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./data"),
+            durability: Durability::Fsync,
+            max_file_size: ByteSize::mib(100),
+            max_filename_bytes: 255,
+            max_path_bytes: 1024,
+            allowed_extensions: Vec::new(),
+            denied_extensions: Vec::new(),
+        }
+    }
+}
+
+/// Grant modes a PUT may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    V,
+    V2,
+    Token,
+    V3,
+    Jwt,
+}
+
+/// `[auth]`: the key ring and which grant modes are on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub modes: Vec<AuthMode>,
+    /// Allowed clock skew for `v3` expiry and JWT `exp`.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Active secrets; every one is tried (rotation). Empty → a generated secret under the
+    /// storage directory is used (created on first start).
+    pub keys: Vec<KeyConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            modes: vec![
+                AuthMode::V,
+                AuthMode::V2,
+                AuthMode::Token,
+                AuthMode::V3,
+                AuthMode::Jwt,
+            ],
+            clock_skew: Duration::from_secs(60),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One secret of the key ring: exactly one of `secret`, `secret_file`, `secret_env`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyConfig {
+    pub id: String,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+}
+
+/// `[download]`: the GET side.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadConfig {
+    /// Cap on ranges per request; a header with more ranges is answered with the whole file.
+    pub max_ranges: usize,
+    /// `Cache-Control` sent with stored files (they are immutable once published).
+    pub cache_control: String,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        Self {
+            max_ranges: 16,
+            cache_control: "public, max-age=31536000, immutable".to_owned(),
+        }
+    }
+}
+
+/// `[cors]`: cross-origin access for web clients (Converse.js).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    pub enabled: bool,
+    /// `["*"]` or a list of exact origins.
+    pub allow_origins: Vec<String>,
+    /// When true the request's Origin is echoed and `Access-Control-Allow-Credentials` sent.
+    pub allow_credentials: bool,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_origins: vec!["*".to_owned()],
+            allow_credentials: false,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[engine]`: the streaming engine's buffer pool.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Buffer size classes, ascending.
+    pub tiers: Vec<ByteSize>,
+    /// Idle buffers kept per tier for reuse.
+    pub max_idle_per_tier: usize,
+    /// Global cap on bytes leased at once; leases beyond it wait (backpressure).
+    pub memory_cap: ByteSize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            tiers: vec![
+                ByteSize::kib(16),
+                ByteSize::kib(64),
+                ByteSize::kib(256),
+                ByteSize::mib(1),
+            ],
+            max_idle_per_tier: 64,
+            memory_cap: ByteSize::mib(256),
+        }
+    }
+}
+
+/// One secret, resolved.
+#[derive(Clone)]
+pub struct Key {
+    pub id: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key {{ id: {:?}, secret: <redacted> }}", self.id)
+    }
+}
+
+/// Validated, resolved settings from which the application state is built.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    pub keys: Vec<Key>,
+    /// Set when the secret was generated on this start (main prints it once).
+    pub generated_secret: Option<PathBuf>,
+}
+
+impl Config {
+    /// Parse TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read and parse a file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// The embedded default.
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::from_toml(EMBEDDED_DEFAULT)
+    }
+
+    /// Cross-field checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.listen.is_empty() {
+            return bad("server.listen must name at least one address".into());
+        }
+        let p = &self.server.url_prefix;
+        if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/') || p.contains("//")) {
+            return bad(format!(
+                "server.url_prefix {p:?} must start with '/' and not end with '/' (e.g. \"/upload\")"
+            ));
+        }
+        if self.server.max_header_size.as_u64() < 8192 {
+            // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+            return bad("server.max_header_size must be at least 8KiB".into());
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections must be at least 1".into());
+        }
+        if self.storage.max_file_size.as_u64() == 0 {
+            return bad("storage.max_file_size must be positive".into());
+        }
+        if self.storage.max_filename_bytes == 0 || self.storage.max_filename_bytes > 255 {
+            return bad("storage.max_filename_bytes must be between 1 and 255".into());
+        }
+        if self.auth.modes.is_empty() {
+            return bad("auth.modes must enable at least one mode".into());
+        }
+        for ext in self
+            .storage
+            .allowed_extensions
+            .iter()
+            .chain(&self.storage.denied_extensions)
+        {
+            if ext.is_empty() || ext.contains('.') || ext.contains('/') {
+                return bad(format!(
+                    "storage extension {ext:?} must be a bare extension like \"jpg\""
+                ));
+            }
+        }
+        if self.download.max_ranges == 0 {
+            return bad("download.max_ranges must be at least 1".into());
+        }
+        let tiers = &self.engine.tiers;
+        if tiers.is_empty() || tiers.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("engine.tiers must be a non-empty ascending list".into());
+        }
+        if tiers.first().map(|t| t.as_u64()).unwrap_or(0) < 1024 {
+            return bad("engine.tiers: smallest tier must be at least 1KiB".into());
+        }
+        let largest = tiers.last().map(|t| t.as_u64()).unwrap_or(0);
+        if self.engine.memory_cap.as_u64() < largest * 2 {
+            return bad("engine.memory_cap must hold at least two of the largest tier".into());
+        }
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            let n = [
+                k.secret.is_some(),
+                k.secret_file.is_some(),
+                k.secret_env.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if n != 1 {
+                return bad(format!(
+                    "auth.keys[{i}] needs exactly one of secret, secret_file, secret_env"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolve secrets (reading files and environment variables; generating the default secret
+    /// if the ring is empty) into [`Settings`].
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let mut keys = Vec::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            let id = if k.id.is_empty() {
+                format!("key{i}")
+            } else {
+                k.id.clone()
+            };
+            let secret = if let Some(s) = &k.secret {
+                s.clone()
+            } else if let Some(path) = &k.secret_file {
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Secret {
+                        id: id.clone(),
+                        reason: format!("cannot read {}: {e}", path.display()),
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned()
+            } else if let Some(var) = &k.secret_env {
+                std::env::var(var).map_err(|_| ConfigError::Secret {
+                    id: id.clone(),
+                    reason: format!("environment variable {var} is not set"),
+                })?
+            } else {
+                return Err(ConfigError::Secret {
+                    id,
+                    reason: "no secret given".into(),
+                });
+            };
+            if secret.len() < 16 {
+                return Err(ConfigError::Secret {
+                    id,
+                    reason: "secret must be at least 16 bytes".into(),
+                });
+            }
+            keys.push(Key {
+                id,
+                secret: secret.into_bytes(),
+            });
+        }
+        let mut generated_secret = None;
+        if keys.is_empty() {
+            let path = self.storage.dir.join("secret.key");
+            let (secret, created) = load_or_create_secret(&path)?;
+            if created {
+                generated_secret = Some(path);
+            }
+            keys.push(Key {
+                id: "generated".into(),
+                secret: secret.into_bytes(),
+            });
+        }
+        Ok(Settings {
+            config: self,
+            keys,
+            generated_secret,
+        })
+    }
+
+    /// The effective configuration as TOML with every secret value redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for k in &mut c.auth.keys {
+            if k.secret.is_some() {
+                k.secret = Some("<redacted>".into());
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Read the generated secret, or create it (64 hex chars from the OS RNG, mode 0600).
+fn load_or_create_secret(path: &Path) -> Result<(String, bool), ConfigError> {
+    let err = |reason: String| ConfigError::Secret {
+        id: "generated".into(),
+        reason,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let s = s.trim().to_owned();
+            if s.len() < 16 {
+                return Err(err(format!("{} holds a too short secret", path.display())));
+            }
+            return Ok((s, false));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(format!("cannot read {}: {e}", path.display()))),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| err(format!("OS RNG failed: {e}")))?;
+    let secret = hex::encode(raw);
+    write_private(path, secret.as_bytes())
+        .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+    Ok((secret, true))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.server.listen[0].to_string(), "127.0.0.1:8080");
+        assert_eq!(c.storage.dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn template_parses_and_every_key_is_real() {
+        let text = include_str!("../templates/config-adaptive.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert!(!c.server.listen.is_empty());
+        // Every key present in the template must survive a round trip: deny_unknown_fields
+        // already rejects unknown ones; this checks the template sets non-default values too.
+        let reparsed = Config::from_toml(&c.redacted_toml()).unwrap();
+        assert_eq!(reparsed.server.listen, c.server.listen);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let e = Config::from_toml("[server]\nlisten_addr = [\"127.0.0.1:1\"]\n").unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+        let e = Config::from_toml("[storage]\nmax_fil_size = \"1MiB\"\n").unwrap_err();
+        assert!(e.to_string().contains("max_fil_size"), "{e}");
+    }
+
+    #[test]
+    fn human_units_parse() {
+        let c = Config::from_toml(
+            "[server]\nheader_read_timeout = \"2s 500ms\"\n[storage]\nmax_file_size = \"1.5 GiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.storage.max_file_size.as_u64(), 1536 * 1024 * 1024);
+    }
+
+    #[test]
+    fn key_needs_exactly_one_source() {
+        let e = Config::from_toml("[[auth.keys]]\nid = \"a\"\n").unwrap_err();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+        let e = Config::from_toml(
+            "[[auth.keys]]\nsecret = \"0123456789abcdef\"\nsecret_env = \"X\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+    }
+
+    #[test]
+    fn secret_from_env_and_file_and_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "file-secret-0123456789\n").unwrap();
+        std::env::set_var("SLUICE_TEST_SECRET_ENV", "env-secret-0123456789");
+        let text = format!(
+            "[[auth.keys]]\nid = \"new\"\nsecret_file = {:?}\n[[auth.keys]]\nid = \"old\"\nsecret_env = \"SLUICE_TEST_SECRET_ENV\"\n",
+            f.display().to_string()
+        );
+        let s = Config::from_toml(&text).unwrap().resolve().unwrap();
+        assert_eq!(s.keys.len(), 2);
+        assert_eq!(s.keys[0].secret, b"file-secret-0123456789");
+        assert_eq!(s.keys[1].secret, b"env-secret-0123456789");
+        assert!(s.generated_secret.is_none());
+    }
+
+    #[test]
+    fn generated_secret_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[storage]\ndir = {:?}\n", dir.path().display().to_string());
+        let s1 = Config::from_toml(&text).unwrap().resolve().unwrap();
+        let path = s1.generated_secret.clone().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let s2 = Config::from_toml(&text).unwrap().resolve().unwrap();
+        assert!(s2.generated_secret.is_none());
+        assert_eq!(s1.keys[0].secret, s2.keys[0].secret);
+        assert_eq!(s1.keys[0].secret.len(), 64);
+    }
+
+    #[test]
+    fn redacted_output_hides_secrets() {
+        let c = Config::from_toml("[[auth.keys]]\nsecret = \"supersecretvalue-123\"\n").unwrap();
+        let out = c.redacted_toml();
+        assert!(!out.contains("supersecretvalue"));
+        assert!(out.contains("<redacted>"));
+    }
+
+    #[test]
+    fn bad_prefix_rejected() {
+        assert!(Config::from_toml("[server]\nurl_prefix = \"upload\"\n").is_err());
+        assert!(Config::from_toml("[server]\nurl_prefix = \"/upload/\"\n").is_err());
+        assert!(Config::from_toml("[server]\nurl_prefix = \"/upload\"\n").is_ok());
+    }
+}

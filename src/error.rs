@@ -1,0 +1,130 @@
+//! `ApiError`: every failure a request can meet, mapped to a status in one exhaustive `match`
+//! (no catch-all arm: a new error forces a decision) with a one-line reason as the body.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::auth::AuthError;
+use crate::engine::EngineError;
+use crate::response::{text, ResBody};
+use crate::storage::{PathError, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Path(#[from] PathError),
+    #[error("path is not valid UTF-8 after percent-decoding")]
+    PathEncoding,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("Content-Length is required")]
+    LengthRequired,
+    #[error("upload is larger than the limit of {max} bytes")]
+    TooLarge { max: u64 },
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("a file already exists at this path")]
+    Exists,
+    #[error("path conflicts with an existing file or directory")]
+    PathConflict,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("request body ended after {received} of {expected} bytes")]
+    ShortBody { received: u64, expected: u64 },
+    #[error("client sent nothing for too long")]
+    BodyTimeout,
+    #[error("client connection failed while sending the body")]
+    ClientGone,
+    #[error("storage is full")]
+    NoSpace,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Path(PathError::ExtensionNotAllowed) => StatusCode::FORBIDDEN,
+            ApiError::Path(
+                PathError::Empty
+                | PathError::EmptySegment
+                | PathError::DotSegment
+                | PathError::BadCharacter
+                | PathError::NameTooLong(_)
+                | PathError::PathTooLong(_),
+            ) => StatusCode::BAD_REQUEST,
+            ApiError::PathEncoding => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Auth(a) => match a {
+                AuthError::Missing
+                | AuthError::BadMac
+                | AuthError::Expired
+                | AuthError::BadExpires
+                | AuthError::ModeDisabled(_) => StatusCode::FORBIDDEN,
+                AuthError::BearerMissing | AuthError::BearerInvalid => StatusCode::UNAUTHORIZED,
+                AuthError::SlotMismatch => StatusCode::BAD_REQUEST,
+                AuthError::SizeMismatch => StatusCode::PAYLOAD_TOO_LARGE,
+            },
+            ApiError::Exists | ApiError::PathConflict => StatusCode::CONFLICT,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ShortBody { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::ClientGone => StatusCode::BAD_REQUEST,
+            ApiError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response: status, one-line reason, and the headers some statuses require.
+    pub fn into_response(self) -> Response<ResBody> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+        } else {
+            tracing::debug!(error = %self, "request refused");
+        }
+        let mut res = text(status, format!("{self}\n"));
+        match &self {
+            ApiError::Auth(AuthError::BearerMissing | AuthError::BearerInvalid) => {
+                res.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Exists => ApiError::Exists,
+            StorageError::NotFound => ApiError::NotFound,
+            StorageError::PathConflict => ApiError::PathConflict,
+            StorageError::NoSpace => ApiError::NoSpace,
+            StorageError::Io(e) => ApiError::Internal(format!("storage: {e}")),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::TooLarge => ApiError::TooLarge { max: 0 },
+            EngineError::Short { received, expected } => ApiError::ShortBody { received, expected },
+            EngineError::IdleTimeout => ApiError::BodyTimeout,
+            EngineError::Client(_) => ApiError::ClientGone,
+            EngineError::Io(io) => ApiError::from(StorageError::from(io)),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Sluice: a file upload/download server for XMPP HTTP File Upload (XEP-0363), browsers and
+//! apps.
+//!
+//! # Layout
+//! - [`config`]: TOML → validated [`config::Settings`] (embedded default, key ring, units)
+//! - [`state`]: [`state::AppState`], built once from settings
+//! - [`server`]: accept loop, HTTP/1.1 + h2c, timeouts, graceful shutdown
+//! - [`router`]: `Route::parse` + dispatch, metrics and CORS per request
+//! - [`auth`]: upload grants (v, v2, token, v3 HMAC; Prosody JWT), constant-time
+//! - [`upload`]: protocol adapters (PUT) over storage + engine
+//! - [`download`]: GET/HEAD with the stored-file header policy
+//! - [`engine`]: the streaming engine — tiered buffer pool, sizing, copy loops
+//! - [`storage`]: path rules, staged atomic no-overwrite commit, metadata
+//! - [`metrics`]: the Prometheus registry owned by the state
+//! - [`error`], [`response`]: one exhaustive error → status mapping; response helpers
+
+pub mod auth;
+pub mod config;
+pub mod download;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod response;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod storage;
+pub mod upload;

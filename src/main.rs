@@ -1,0 +1,202 @@
+//! The `sluice` binary: CLI → config → telemetry → bind → `server::run`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use sluice::config::{Config, Settings};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "XEP-0363 upload server with resumable uploads and Range downloads")]
+struct Cli {
+    /// Configuration file (TOML). Without it an embedded default serves on 127.0.0.1:8080,
+    /// storing under ./data.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Validate a configuration file and print the effective configuration, secrets redacted.
+    CheckConfig {
+        /// File to check (defaults to --config).
+        path: Option<PathBuf>,
+    },
+    /// Exit 0 if the server answers GET /health (for container HEALTHCHECKs).
+    Healthcheck {
+        /// Address to probe; defaults to the first listen address of the config.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::embedded_default()?,
+    })
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig { path } => {
+            let path = path.or(cli.config);
+            let config = load(path.as_ref())?;
+            print!("{}", config.redacted_toml());
+            eprintln!("config OK");
+            Ok(())
+        }
+        Command::Healthcheck { addr } => {
+            let addr = match addr {
+                Some(a) => a,
+                None => *load(cli.config.as_ref())?
+                    .server
+                    .listen
+                    .first()
+                    .context("no listen address")?,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(healthcheck(addr))
+        }
+        Command::Serve => {
+            init_tracing();
+            let settings = load(cli.config.as_ref())?.resolve()?;
+            if let Some(path) = &settings.generated_secret {
+                print_first_start(&settings, path);
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(settings))
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+async fn serve(settings: Settings) -> Result<()> {
+    let addrs = settings.config.server.listen.clone();
+    let state = sluice::state::AppState::new(settings)?;
+    let mut listeners = Vec::new();
+    for a in &addrs {
+        let l = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen on {a}"))?;
+        tracing::info!(addr = %l.local_addr()?, "listening");
+        listeners.push(l);
+    }
+    sluice::server::run(listeners, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn healthcheck(addr: std::net::SocketAddr) -> Result<()> {
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.take(4096).read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .context("health check timed out")??;
+    let head = String::from_utf8_lossy(&buf);
+    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+        println!("healthy");
+        Ok(())
+    } else {
+        bail!("unhealthy: {}", head.lines().next().unwrap_or(""))
+    }
+}
+
+/// Printed once, when the secret was generated on this start.
+fn print_first_start(settings: &Settings, path: &std::path::Path) {
+    let secret = settings
+        .keys
+        .first()
+        .map(|k| String::from_utf8_lossy(&k.secret).into_owned())
+        .unwrap_or_default();
+    let listen = settings
+        .config
+        .server
+        .listen
+        .first()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let base = format!("http://{listen}{}", settings.config.server.url_prefix);
+    let max = settings.config.storage.max_file_size.as_u64();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        r#"
+Sluice generated an upload secret and saved it to {path} (mode 0600).
+It is printed only this once.
+
+    secret: {secret}
+
+Prosody (mod_http_upload_external from prosody-modules):
+
+    Component "upload.example.org" "http_upload_external"
+        http_upload_external_base_url = "{base}/"
+        http_upload_external_secret = "{secret}"
+        http_upload_external_file_size_limit = {max}
+
+Prosody 0.12+ (mod_http_file_share handing out slots that Sluice stores):
+
+    Component "share.example.org" "http_file_share"
+        http_file_share_base_url = "{base}"
+        http_file_share_secret = "{secret}"
+        http_file_share_size_limit = {max}
+
+ejabberd (mod_http_upload):
+
+    modules:
+      mod_http_upload:
+        put_url: "{base}/@HOST@"
+        get_url: "{base}/@HOST@"
+        external_secret: "{secret}"
+        max_size: {max}
+
+(Behind a reverse proxy, replace {base} with the public https URL.)
+"#,
+        path = path.display()
+    );
+}

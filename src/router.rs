@@ -1,0 +1,202 @@
+//! Routing: `Route::parse` turns method + path into a [`Route`] (pure, unit-tested), and
+//! [`handle`] dispatches it, records metrics and applies CORS.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::response::{self, ResBody};
+use crate::state::AppState;
+use crate::{download, upload};
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Metrics,
+    /// CORS preflight (any path).
+    Preflight,
+    /// PUT of a file; the path is percent-decoded, prefix and leading `/` removed.
+    Put { path: String },
+    /// GET or HEAD of a file.
+    Get { path: String, head: bool },
+    /// A file path with a method we do not serve.
+    FileMethodNotAllowed,
+    /// A path that could not be decoded.
+    BadPath,
+    NotFound,
+}
+
+impl Route {
+    /// Closed-set label for metrics and spans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+            Route::Preflight => "preflight",
+            Route::Put { .. } => "upload",
+            Route::Get { .. } => "download",
+            Route::FileMethodNotAllowed | Route::BadPath => "file",
+            Route::NotFound => "other",
+        }
+    }
+
+    pub fn parse(method: &Method, raw_path: &str, prefix: &str) -> Route {
+        if *method == Method::OPTIONS {
+            return Route::Preflight;
+        }
+        match raw_path {
+            "/health" | "/healthz" => return Route::Health,
+            "/metrics" => return Route::Metrics,
+            _ => {}
+        }
+        // Strip the prefix when present; requests without it are accepted too (a proxy may
+        // strip it). protocols.md §1.1.
+        let rest = if !prefix.is_empty()
+            && raw_path.len() > prefix.len()
+            && raw_path.starts_with(prefix)
+            && raw_path.as_bytes()[prefix.len()] == b'/'
+        {
+            &raw_path[prefix.len()..]
+        } else {
+            raw_path
+        };
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        if rest.is_empty() {
+            return Route::NotFound;
+        }
+        let Ok(decoded) = percent_decode_str(rest).decode_utf8() else {
+            return Route::BadPath;
+        };
+        let path = decoded.into_owned();
+        match *method {
+            Method::PUT => Route::Put { path },
+            Method::GET => Route::Get { path, head: false },
+            Method::HEAD => Route::Get { path, head: true },
+            _ => Route::FileMethodNotAllowed,
+        }
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Handle one request. Never fails: every error is already a response.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {
+    let started = Instant::now();
+    let route = Route::parse(req.method(), req.uri().path(), &state.config.server.url_prefix);
+    let method = method_label(req.method());
+    // Only the path is logged: never the query (MACs) or Authorization.
+    let span = tracing::info_span!("request", route = route.name(), method, path = %req.uri().path());
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let route_name = route.name();
+    let mut res = dispatch(&state, route, req).instrument(span).await;
+    if route_name != "preflight" {
+        response::apply_cors(&state.config.cors, origin.as_ref(), res.headers_mut());
+    }
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route_name, method, status_class(res.status())])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[route_name])
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -> Response<ResBody> {
+    let result = match route {
+        Route::Health => Ok(response::text(StatusCode::OK, "ok\n")),
+        Route::Metrics => {
+            let mut r = Response::new(response::full(state.metrics.encode()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(r)
+        }
+        Route::Preflight => Ok(response::preflight(
+            &state.config.cors,
+            req.headers().get(header::ORIGIN),
+        )),
+        Route::Put { path } => upload::put::handle(state, &path, req).await,
+        Route::Get { path, head } => download::handle(state, &path, head, req).await,
+        Route::FileMethodNotAllowed => Err(ApiError::MethodNotAllowed {
+            allow: response::CORS_METHODS,
+        }),
+        Route::BadPath => Err(ApiError::PathEncoding),
+        Route::NotFound => Err(ApiError::NotFound),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_stripped_when_present_and_optional() {
+        let r = Route::parse(&Method::PUT, "/upload/a/b.txt", "/upload");
+        assert_eq!(r, Route::Put { path: "a/b.txt".into() });
+        let r = Route::parse(&Method::PUT, "/a/b.txt", "/upload");
+        assert_eq!(r, Route::Put { path: "a/b.txt".into() });
+        // "/uploadx/..." is not the prefix.
+        let r = Route::parse(&Method::GET, "/uploadx/b", "/upload");
+        assert_eq!(r, Route::Get { path: "uploadx/b".into(), head: false });
+    }
+
+    #[test]
+    fn path_is_percent_decoded_and_plus_kept() {
+        let r = Route::parse(&Method::HEAD, "/u/tr%C3%A8s%20cool+1%25.jpg", "");
+        assert_eq!(r, Route::Get { path: "u/très cool+1%.jpg".into(), head: true });
+    }
+
+    #[test]
+    fn encoded_traversal_decodes_for_the_path_rules_to_refuse() {
+        let r = Route::parse(&Method::PUT, "/a/%2e%2e/b", "");
+        assert_eq!(r, Route::Put { path: "a/../b".into() });
+    }
+
+    #[test]
+    fn invalid_utf8_is_bad_path() {
+        assert_eq!(Route::parse(&Method::GET, "/a/%ff", ""), Route::BadPath);
+    }
+
+    #[test]
+    fn fixed_routes_and_methods() {
+        assert_eq!(Route::parse(&Method::GET, "/health", ""), Route::Health);
+        assert_eq!(Route::parse(&Method::GET, "/metrics", "/upload"), Route::Metrics);
+        assert_eq!(Route::parse(&Method::OPTIONS, "/x/y", ""), Route::Preflight);
+        assert_eq!(Route::parse(&Method::DELETE, "/x/y", ""), Route::FileMethodNotAllowed);
+        assert_eq!(Route::parse(&Method::GET, "/", ""), Route::NotFound);
+        assert_eq!(Route::parse(&Method::GET, "/upload", "/upload"), Route::Get { path: "upload".into(), head: false });
+    }
+}

@@ -1,0 +1,77 @@
+//! `AppState`: built once from validated [`Settings`]; shared by every request.
+
+use std::sync::Arc;
+
+use crate::auth::Authorizer;
+use crate::config::{Config, Settings};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::storage::{FsStorage, PathRules, StorageError};
+
+/// Errors building the state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+pub struct AppState {
+    pub config: Config,
+    pub storage: FsStorage,
+    pub auth: Authorizer,
+    pub engine: Engine,
+    pub metrics: Metrics,
+    /// Rules for uploads (with extension lists).
+    pub upload_rules: PathRules,
+    /// Rules for downloads (shape only: a file stored before a list change stays reachable).
+    pub download_rules: PathRules,
+}
+
+impl AppState {
+    pub fn new(settings: Settings) -> Result<Arc<Self>, StateError> {
+        let config = settings.config;
+        let storage = FsStorage::open(&config.storage.dir, config.storage.durability)?;
+        let metrics = Metrics::new()?;
+        let tiers: Vec<usize> = config
+            .engine
+            .tiers
+            .iter()
+            .map(|t| usize::try_from(t.as_u64()).unwrap_or(usize::MAX))
+            .collect();
+        let engine = Engine::new(
+            &tiers,
+            config.engine.max_idle_per_tier,
+            usize::try_from(config.engine.memory_cap.as_u64()).unwrap_or(usize::MAX),
+            config.server.body_idle_timeout,
+            &metrics.registry,
+        )?;
+        let lower = |v: &Vec<String>| v.iter().map(|e| e.to_ascii_lowercase()).collect();
+        let upload_rules = PathRules {
+            max_filename_bytes: config.storage.max_filename_bytes,
+            max_path_bytes: config.storage.max_path_bytes,
+            allowed_extensions: lower(&config.storage.allowed_extensions),
+            denied_extensions: lower(&config.storage.denied_extensions),
+        };
+        let download_rules = PathRules {
+            allowed_extensions: Vec::new(),
+            denied_extensions: Vec::new(),
+            ..upload_rules.clone()
+        };
+        let auth = Authorizer::new(
+            settings.keys,
+            config.auth.modes.clone(),
+            config.auth.clock_skew,
+        );
+        Ok(Arc::new(Self {
+            config,
+            storage,
+            auth,
+            engine,
+            metrics,
+            upload_rules,
+            download_rules,
+        }))
+    }
+}

@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# XMPP interop suite for Sluice: real Prosody and ejabberd hand out XEP-0363 slots signed
+# for Sluice; a slixmpp client uploads and downloads through Sluice and checks the results.
+#
+#   bash tests/interop/run.sh PATH_TO_SLUICE_BINARY
+#
+# Run as root from the repo root, no stdin. Installs what it needs from Debian and PyPI,
+# runs everything on 127.0.0.1 under a temp dir, stops everything it started on exit, and
+# ends with the line `interop: N passed, M failed`. Exit status 0 only if M is 0.
+# INTEROP_KEEP=1 keeps the temp dir (configs and logs) for inspection.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+T0=$(date +%s)
+
+log() { printf '[interop %3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+die() { log "ERROR: $*"; exit 1; }
+
+[ $# -eq 1 ] || die "usage: bash tests/interop/run.sh PATH_TO_SLUICE_BINARY"
+[ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, runs ejabberd as its user)"
+SLUICE_BIN=$(realpath "$1") || die "no such file: $1"
+[ -f "$SLUICE_BIN" ] || die "no such file: $SLUICE_BIN"
+case "$SLUICE_BIN" in
+  *.py) SLUICE_CMD=(/usr/bin/python3 "$SLUICE_BIN") ;;  # tests/interop/reference_server.py (harness self-test)
+  *) [ -x "$SLUICE_BIN" ] || die "not executable: $SLUICE_BIN"; SLUICE_CMD=("$SLUICE_BIN") ;;
+esac
+
+# Exact versions the suite was written against (client.py uses slixmpp's connection flags).
+PY_PACKAGES=(slixmpp==1.17.0 aiohttp==3.14.5)
+DEB_PACKAGES=(prosody prosody-modules ejabberd python3-venv)
+VENV="$REPO/target/interop-venv"
+
+# ----------------------------------------------------------------------------- cleanup
+WORK=""
+SLUICE_PID=""
+PROSODY_PID=""
+EJ_STARTED=""
+POLICY_RC_CREATED=""
+PASSED=0
+FAILED=0
+
+stop_pid() {  # stop_pid PID NAME: TERM, wait up to 10 s, then KILL
+  local pid=$1 name=$2 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  log "$name ($pid) did not stop on TERM; killing"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+ejabberd_ctl() { timeout "${EJ_TIMEOUT:-60}" ejabberdctl "${EJCTL_ARGS[@]}" "$@"; }
+
+stop_ejabberd() {
+  [ -n "$EJ_STARTED" ] || return 0
+  EJ_STARTED=""
+  local pid="" i
+  [ -f "$WORK/ejabberd/ejabberd.pid" ] && pid=$(cat "$WORK/ejabberd/ejabberd.pid" 2>/dev/null || true)
+  EJ_TIMEOUT=30 ejabberd_ctl stop >/dev/null 2>&1 || true
+  if [ -n "$pid" ]; then
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "ejabberd ($pid) did not stop; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  [ -n "$PROSODY_PID" ] && stop_pid "$PROSODY_PID" prosody
+  stop_ejabberd
+  [ -n "$SLUICE_PID" ] && stop_pid "$SLUICE_PID" sluice
+  [ -n "$POLICY_RC_CREATED" ] && rm -f /usr/sbin/policy-rc.d
+  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+    if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
+      for f in "$WORK"/sluice/sluice.log "$WORK"/prosody/prosody.log "$WORK"/ejabberd/logs/ejabberd.log; do
+        [ -s "$f" ] || continue
+        echo "----- last lines of $f"
+        tail -n 40 "$f"
+      done
+    fi
+    if [ -s "$WORK/summary.txt" ]; then
+      echo "per scenario:"
+      cat "$WORK/summary.txt"
+    fi
+    if [ "${INTEROP_KEEP:-}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+  fi
+  log "done in $(( $(date +%s) - T0 )) s"
+  if [ "$rc" -ne 0 ] && [ "$FAILED" -eq 0 ]; then FAILED=1; fi
+  echo "interop: $PASSED passed, $FAILED failed"
+  [ "$FAILED" -eq 0 ] && exit "$rc" || exit 1
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ----------------------------------------------------------------------------- install
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  timeout 300 apt-get update -qq || die "apt-get update failed"
+  for p in "${missing[@]}"; do
+    apt-cache policy "$p" | grep -q 'Candidate: [0-9]' || die "Debian package $p is not available"
+  done
+  # Keep the packages' own services from starting at install (we run our own instances).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    POLICY_RC_CREATED=1
+  fi
+  timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+  [ -n "$POLICY_RC_CREATED" ] && rm -f /usr/sbin/policy-rc.d && POLICY_RC_CREATED=""
+fi
+for c in prosody prosodyctl ejabberdctl; do command -v "$c" >/dev/null || die "$c not found after install"; done
+[ -f /usr/lib/prosody/modules/mod_http_upload_external/mod_http_upload_external.lua ] \
+  || die "mod_http_upload_external (prosody-modules) not found"
+
+if ! "$VENV/bin/python" -c 'import slixmpp, aiohttp' 2>/dev/null \
+   || [ "$("$VENV/bin/python" -c 'import slixmpp; print(slixmpp.__version__)' 2>/dev/null)" != "${PY_PACKAGES[0]#slixmpp==}" ]; then
+  log "creating python venv $VENV (${PY_PACKAGES[*]})"
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  timeout 120 /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv failed"
+  timeout 300 "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}" || die "pip install ${PY_PACKAGES[*]} failed"
+fi
+PY="$VENV/bin/python"
+
+PROSODY_VERSION=$(dpkg-query -W -f='${Version}' prosody)
+EJABBERD_VERSION=$(dpkg-query -W -f='${Version}' ejabberd)
+SLIXMPP_VERSION=$("$PY" -c 'import slixmpp; print(slixmpp.__version__)')
+log "prosody $PROSODY_VERSION, prosody-modules $(dpkg-query -W -f='${Version}' prosody-modules), ejabberd $EJABBERD_VERSION, slixmpp $SLIXMPP_VERSION"
+
+# ----------------------------------------------------------------------------- config
+WORK=$(mktemp -d /tmp/sluice-interop.XXXXXX)
+chmod 755 "$WORK"   # ejabberd runs as its own user and must reach its dir
+mkdir -p "$WORK"/sluice/data "$WORK"/prosody/data "$WORK"/prosody/certs \
+         "$WORK"/ejabberd/spool "$WORK"/ejabberd/logs "$WORK"/ejabberd/upload-docroot
+
+read -r SLUICE_PORT PROSODY_C2S_PORT PROSODY_HTTP_PORT EJABBERD_C2S_PORT EJABBERD_DIST_PORT < <(
+  "$PY" - <<'EOF'
+import socket
+socks = []
+for _ in range(5):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(*(s.getsockname()[1] for s in socks))
+EOF
+)
+SECRET="interop-$("$PY" -c 'import secrets; print(secrets.token_hex(16))')"
+SLUICE_BASE_URL="http://127.0.0.1:$SLUICE_PORT/upload"
+
+render() {  # render TEMPLATE OUT
+  sed -e "s|@WORK@|$WORK|g" \
+      -e "s|@SECRET@|$SECRET|g" \
+      -e "s|@SLUICE_PORT@|$SLUICE_PORT|g" \
+      -e "s|@SLUICE_BASE_URL@|$SLUICE_BASE_URL|g" \
+      -e "s|@PROSODY_C2S_PORT@|$PROSODY_C2S_PORT|g" \
+      -e "s|@PROSODY_HTTP_PORT@|$PROSODY_HTTP_PORT|g" \
+      -e "s|@EJABBERD_C2S_PORT@|$EJABBERD_C2S_PORT|g" \
+      -e "s|@EJABBERD_DIST_PORT@|$EJABBERD_DIST_PORT|g" \
+      "$HERE/$1" > "$2"
+  if grep -q '@[A-Z_]*@' "$2"; then die "unfilled placeholder in $2"; fi
+}
+render sluice.toml.in "$WORK/sluice/sluice.toml"
+render prosody.cfg.lua.in "$WORK/prosody/prosody.cfg.lua"
+render ejabberd.yml.in "$WORK/ejabberd/ejabberd.yml"
+render ejabberdctl.cfg.in "$WORK/ejabberd/ejabberdctl.cfg"
+cp /etc/ejabberd/inetrc "$WORK/ejabberd/inetrc" 2>/dev/null || printf '{lookup,["file","native"]}.\n' > "$WORK/ejabberd/inetrc"
+chown -R ejabberd:ejabberd "$WORK/ejabberd"
+EJCTL_ARGS=(--config-dir "$WORK/ejabberd" --ctl-config "$WORK/ejabberd/ejabberdctl.cfg"
+            --spool "$WORK/ejabberd/spool" --logs "$WORK/ejabberd/logs")
+
+wait_port() {  # wait_port PORT NAME PID_OR_EMPTY SECONDS
+  "$PY" - "$1" "$4" <<'EOF' || die "$2 did not open 127.0.0.1:$1"
+import socket, sys, time
+port, limit = int(sys.argv[1]), float(sys.argv[2])
+end = time.time() + limit
+while time.time() < end:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit(1)
+EOF
+}
+
+run_client() {  # run_client LABEL ARGS... ; adds to PASSED/FAILED
+  local label=$1; shift
+  local out="$WORK/client-$label.log" rc=0
+  log "client: $label"
+  timeout 300 "$PY" "$HERE/client.py" --label "$label" --secret "$SECRET" \
+      --base-url "$SLUICE_BASE_URL/" "$@" > "$out" 2>&1 || rc=$?
+  grep -E '^(PASS|FAIL|SKIP|INFO|     )' "$out" | grep -vE '^INFO .* slot for ' || true
+  grep -E '^SCENARIO ' "$out" | sed 's/^SCENARIO /  /' >> "$WORK/summary.txt" || true
+  local result p f
+  result=$(grep -E '^RESULT ' "$out" | tail -n 1 | cut -d' ' -f2- || true)
+  if [ -z "$result" ]; then
+    log "client $label crashed or timed out (exit $rc):"
+    tail -n 30 "$out"
+    FAILED=$((FAILED + 1))
+    return 0
+  fi
+  p=$(printf '%s' "$result" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["passed"])')
+  f=$(printf '%s' "$result" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["failed"])')
+  PASSED=$((PASSED + p))
+  FAILED=$((FAILED + f))
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then FAILED=$((FAILED + 1)); fi
+  log "client $label: $result"
+}
+
+# ----------------------------------------------------------------------------- Sluice
+log "starting sluice: ${SLUICE_CMD[*]} --config $WORK/sluice/sluice.toml (port $SLUICE_PORT)"
+timeout 900 "${SLUICE_CMD[@]}" --config "$WORK/sluice/sluice.toml" > "$WORK/sluice/sluice.log" 2>&1 &
+SLUICE_PID=$!
+"$PY" - "$SLUICE_PORT" "$SLUICE_PID" <<'EOF' || die "sluice did not answer 200 on /health within 30 s"
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
+end = time.time() + 30
+while time.time() < end:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("sluice exited")
+    try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.2)
+sys.exit(1)
+EOF
+log "sluice is up"
+
+# ----------------------------------------------------------------------------- Prosody
+# One Prosody serves scenarios 1-3 as three components of the host `localhost`:
+#   upload-v1.localhost  mod_http_upload_external, protocol "v1"
+#   upload-v2.localhost  mod_http_upload_external, protocol "v2"
+#   share.localhost      mod_http_file_share with http_file_share_base_url (JWT)
+PCFG="$WORK/prosody/prosody.cfg.lua"
+timeout 60 prosodyctl --config "$PCFG" register alice localhost alice-pw >/dev/null 2>&1 \
+  || die "prosodyctl register failed"
+log "starting prosody (c2s port $PROSODY_C2S_PORT)"
+timeout 900 prosody --config "$PCFG" -F > "$WORK/prosody/stdout.log" 2>&1 &
+PROSODY_PID=$!
+wait_port "$PROSODY_C2S_PORT" prosody "$PROSODY_PID" 30
+run_client prosody --jid alice@localhost --password alice-pw --server "127.0.0.1:$PROSODY_C2S_PORT" \
+  --service upload-v1.localhost=v1 --service upload-v2.localhost=v2 --service share.localhost=jwt
+stop_pid "$PROSODY_PID" prosody
+PROSODY_PID=""
+
+# ----------------------------------------------------------------------------- ejabberd
+log "starting ejabberd (c2s port $EJABBERD_C2S_PORT)"
+EJ_STARTED=1
+ejabberd_ctl start >/dev/null || die "ejabberdctl start failed"
+EJ_TIMEOUT=90 ejabberd_ctl started >/dev/null || die "ejabberd did not start"
+ejabberd_ctl register bob localhost bob-pw >/dev/null || die "ejabberdctl register failed"
+wait_port "$EJABBERD_C2S_PORT" ejabberd "" 30
+run_client ejabberd --jid bob@localhost --password bob-pw --server "127.0.0.1:$EJABBERD_C2S_PORT" \
+  --service upload.localhost=ejabberd
+stop_ejabberd
+
+# Sluice must still be alive after all that.
+kill -0 "$SLUICE_PID" 2>/dev/null || { log "sluice died during the run"; FAILED=$((FAILED + 1)); }
+exit 0
