@@ -530,10 +530,9 @@ mod tests {
     fn key_needs_exactly_one_source() {
         let e = Config::from_toml("[[auth.keys]]\nid = \"a\"\n").unwrap_err();
         assert!(e.to_string().contains("exactly one"), "{e}");
-        let e = Config::from_toml(
-            "[[auth.keys]]\nsecret = \"0123456789abcdef\"\nsecret_env = \"X\"\n",
-        )
-        .unwrap_err();
+        let e =
+            Config::from_toml("[[auth.keys]]\nsecret = \"0123456789abcdef\"\nsecret_env = \"X\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("exactly one"), "{e}");
     }
 

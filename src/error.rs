@@ -90,10 +90,8 @@ impl ApiError {
         let mut res = text(status, format!("{self}\n"));
         match &self {
             ApiError::Auth(AuthError::BearerMissing | AuthError::BearerInvalid) => {
-                res.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer"),
-                );
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::MethodNotAllowed { allow } => {
                 res.headers_mut()

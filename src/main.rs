@@ -11,7 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use sluice::config::{Config, Settings};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "XEP-0363 upload server with resumable uploads and Range downloads")]
+#[command(
+    name = "sluice",
+    version,
+    about = "XEP-0363 upload server with resumable uploads and Range downloads"
+)]
 struct Cli {
     /// Configuration file (TOML). Without it an embedded default serves on 127.0.0.1:8080,
     /// storing under ./data.
@@ -86,7 +90,10 @@ fn main() -> Result<()> {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 async fn serve(settings: Settings) -> Result<()> {

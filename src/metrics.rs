@@ -23,13 +23,17 @@ pub struct Metrics {
     pub uploads_in_flight: IntGauge,
     pub downloads_in_flight: IntGauge,
     pub connections_open: IntGauge,
+    pub range_requests: IntCounterVec,
 }
 
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("sluice_http_requests_total", "HTTP requests by route, method and status class"),
+            Opts::new(
+                "sluice_http_requests_total",
+                "HTTP requests by route, method and status class",
+            ),
             &["route", "method", "class"],
         )?;
         let request_duration = HistogramVec::new(
@@ -52,7 +56,10 @@ impl Metrics {
             "Bytes of file content scheduled in download responses",
         )?;
         let auth_failures = IntCounterVec::new(
-            Opts::new("sluice_auth_failures_total", "Refused upload grants by reason"),
+            Opts::new(
+                "sluice_auth_failures_total",
+                "Refused upload grants by reason",
+            ),
             &["reason"],
         )?;
         let uploads = IntCounterVec::new(
@@ -64,6 +71,41 @@ impl Metrics {
         let downloads_in_flight =
             IntGauge::new("sluice_downloads_in_flight", "Download bodies being sent")?;
         let connections_open = IntGauge::new("sluice_connections_open", "Open client connections")?;
+        let range_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_download_range_requests_total",
+                "GET requests carrying Range, by outcome (full, single, multi, unsatisfiable)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(range_requests.clone()))?;
+        // Closed label sets start at zero so dashboards and alerts see every series.
+        for r in [
+            "missing",
+            "bad_mac",
+            "expired",
+            "bad_expires",
+            "mode_disabled",
+            "bearer_missing",
+            "bearer_invalid",
+            "slot_mismatch",
+            "size_mismatch",
+        ] {
+            auth_failures.with_label_values(&[r]);
+        }
+        for r in [
+            "created",
+            "unauthorized",
+            "conflict",
+            "too_large",
+            "aborted",
+            "rejected",
+        ] {
+            uploads.with_label_values(&[r]);
+        }
+        for r in ["full", "single", "multi", "unsatisfiable"] {
+            range_requests.with_label_values(&[r]);
+        }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upload_bytes.clone()))?;
@@ -84,6 +126,7 @@ impl Metrics {
             uploads_in_flight,
             downloads_in_flight,
             connections_open,
+            range_requests,
         })
     }
 
@@ -118,13 +161,17 @@ mod tests {
     #[test]
     fn encodes_registered_metrics() {
         let m = Metrics::new().unwrap();
-        m.requests.with_label_values(&["upload", "PUT", "2xx"]).inc();
+        m.requests
+            .with_label_values(&["upload", "PUT", "2xx"])
+            .inc();
         {
             let _g = GaugeGuard::new(&m.uploads_in_flight);
             assert_eq!(m.uploads_in_flight.get(), 1);
         }
         assert_eq!(m.uploads_in_flight.get(), 0);
         let text = String::from_utf8(m.encode()).unwrap();
-        assert!(text.contains("sluice_http_requests_total{class=\"2xx\",method=\"PUT\",route=\"upload\"} 1"));
+        assert!(text.contains(
+            "sluice_http_requests_total{class=\"2xx\",method=\"PUT\",route=\"upload\"} 1"
+        ));
     }
 }

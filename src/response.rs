@@ -12,7 +12,9 @@ use crate::config::CorsConfig;
 pub type ResBody = UnsyncBoxBody<Bytes, io::Error>;
 
 pub fn full(b: impl Into<Bytes>) -> ResBody {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn empty() -> ResBody {
@@ -115,7 +117,10 @@ mod tests {
         let o = HeaderValue::from_static("https://chat.example");
         assert_eq!(allowed_origin(&cfg, Some(&o)).unwrap(), "*");
         cfg.allow_credentials = true;
-        assert_eq!(allowed_origin(&cfg, Some(&o)).unwrap(), "https://chat.example");
+        assert_eq!(
+            allowed_origin(&cfg, Some(&o)).unwrap(),
+            "https://chat.example"
+        );
         cfg.allow_origins = vec!["https://other.example".into()];
         assert!(allowed_origin(&cfg, Some(&o)).is_none());
         assert!(allowed_origin(&cfg, None).is_none());

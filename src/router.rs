@@ -22,9 +22,14 @@ pub enum Route {
     /// CORS preflight (any path).
     Preflight,
     /// PUT of a file; the path is percent-decoded, prefix and leading `/` removed.
-    Put { path: String },
+    Put {
+        path: String,
+    },
     /// GET or HEAD of a file.
-    Get { path: String, head: bool },
+    Get {
+        path: String,
+        head: bool,
+    },
     /// A file path with a method we do not serve.
     FileMethodNotAllowed,
     /// A path that could not be decoded.
@@ -109,10 +114,15 @@ fn method_label(m: &Method) -> &'static str {
 /// Handle one request. Never fails: every error is already a response.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {
     let started = Instant::now();
-    let route = Route::parse(req.method(), req.uri().path(), &state.config.server.url_prefix);
+    let route = Route::parse(
+        req.method(),
+        req.uri().path(),
+        &state.config.server.url_prefix,
+    );
     let method = method_label(req.method());
     // Only the path is logged: never the query (MACs) or Authorization.
-    let span = tracing::info_span!("request", route = route.name(), method, path = %req.uri().path());
+    let span =
+        tracing::info_span!("request", route = route.name(), method, path = %req.uri().path());
     let origin = req.headers().get(header::ORIGIN).cloned();
     let route_name = route.name();
     let mut res = dispatch(&state, route, req).instrument(span).await;
@@ -132,7 +142,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
     res
 }
 
-async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<Incoming>) -> Response<ResBody> {
+async fn dispatch(
+    state: &Arc<AppState>,
+    route: Route,
+    req: Request<Incoming>,
+) -> Response<ResBody> {
     let result = match route {
         Route::Health => Ok(response::text(StatusCode::OK, "ok\n")),
         Route::Metrics => {
@@ -165,24 +179,51 @@ mod tests {
     #[test]
     fn prefix_is_stripped_when_present_and_optional() {
         let r = Route::parse(&Method::PUT, "/upload/a/b.txt", "/upload");
-        assert_eq!(r, Route::Put { path: "a/b.txt".into() });
+        assert_eq!(
+            r,
+            Route::Put {
+                path: "a/b.txt".into()
+            }
+        );
         let r = Route::parse(&Method::PUT, "/a/b.txt", "/upload");
-        assert_eq!(r, Route::Put { path: "a/b.txt".into() });
+        assert_eq!(
+            r,
+            Route::Put {
+                path: "a/b.txt".into()
+            }
+        );
         // "/uploadx/..." is not the prefix.
         let r = Route::parse(&Method::GET, "/uploadx/b", "/upload");
-        assert_eq!(r, Route::Get { path: "uploadx/b".into(), head: false });
+        assert_eq!(
+            r,
+            Route::Get {
+                path: "uploadx/b".into(),
+                head: false
+            }
+        );
     }
 
     #[test]
     fn path_is_percent_decoded_and_plus_kept() {
         let r = Route::parse(&Method::HEAD, "/u/tr%C3%A8s%20cool+1%25.jpg", "");
-        assert_eq!(r, Route::Get { path: "u/très cool+1%.jpg".into(), head: true });
+        assert_eq!(
+            r,
+            Route::Get {
+                path: "u/très cool+1%.jpg".into(),
+                head: true
+            }
+        );
     }
 
     #[test]
     fn encoded_traversal_decodes_for_the_path_rules_to_refuse() {
         let r = Route::parse(&Method::PUT, "/a/%2e%2e/b", "");
-        assert_eq!(r, Route::Put { path: "a/../b".into() });
+        assert_eq!(
+            r,
+            Route::Put {
+                path: "a/../b".into()
+            }
+        );
     }
 
     #[test]
@@ -193,10 +234,22 @@ mod tests {
     #[test]
     fn fixed_routes_and_methods() {
         assert_eq!(Route::parse(&Method::GET, "/health", ""), Route::Health);
-        assert_eq!(Route::parse(&Method::GET, "/metrics", "/upload"), Route::Metrics);
+        assert_eq!(
+            Route::parse(&Method::GET, "/metrics", "/upload"),
+            Route::Metrics
+        );
         assert_eq!(Route::parse(&Method::OPTIONS, "/x/y", ""), Route::Preflight);
-        assert_eq!(Route::parse(&Method::DELETE, "/x/y", ""), Route::FileMethodNotAllowed);
+        assert_eq!(
+            Route::parse(&Method::DELETE, "/x/y", ""),
+            Route::FileMethodNotAllowed
+        );
         assert_eq!(Route::parse(&Method::GET, "/", ""), Route::NotFound);
-        assert_eq!(Route::parse(&Method::GET, "/upload", "/upload"), Route::Get { path: "upload".into(), head: false });
+        assert_eq!(
+            Route::parse(&Method::GET, "/upload", "/upload"),
+            Route::Get {
+                path: "upload".into(),
+                head: false
+            }
+        );
     }
 }

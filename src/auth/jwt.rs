@@ -75,7 +75,10 @@ mod tests {
             + 60;
         let t = sign_for_tests(b"k", "s", "f", 3, exp);
         let c = verify(&t, b"k", Duration::ZERO, SystemTime::now()).unwrap();
-        assert_eq!((c.slot.as_str(), c.filename.as_str(), c.filesize), ("s", "f", 3));
+        assert_eq!(
+            (c.slot.as_str(), c.filename.as_str(), c.filesize),
+            ("s", "f", 3)
+        );
         // alg=none with the same payload must not verify.
         let parts: Vec<&str> = t.split('.').collect();
         let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}

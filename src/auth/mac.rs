@@ -122,7 +122,10 @@ mod tests {
 
     #[test]
     fn v3_message_keeps_leading_slash() {
-        assert_eq!(message_v3("PUT", 1700000000, "a/b.txt"), b"PUT\n1700000000\n/a/b.txt");
+        assert_eq!(
+            message_v3("PUT", 1700000000, "a/b.txt"),
+            b"PUT\n1700000000\n/a/b.txt"
+        );
     }
 
     #[test]

@@ -138,7 +138,6 @@ impl Authorizer {
         if let Some(mac) = &q.v3 {
             return self.authorize_v3(mac, q.expires.as_deref(), r);
         }
-        let candidates: Vec<Vec<u8>>;
         let (mode, mac) = if let Some(mac) = &q.v2 {
             (AuthMode::V2, mac)
         } else if let Some(mac) = &q.token {
@@ -153,14 +152,14 @@ impl Authorizer {
         if !self.enabled(mode) {
             return Err(AuthError::ModeDisabled(mode_name(mode)));
         }
-        if mode == AuthMode::V {
-            candidates = vec![mac::message_v1(r.path, r.content_length)];
+        let candidates: Vec<Vec<u8>> = if mode == AuthMode::V {
+            vec![mac::message_v1(r.path, r.content_length)]
         } else {
-            candidates = v2_content_types(r)
+            v2_content_types(r)
                 .into_iter()
                 .map(|ct| mac::message_v2(r.path, r.content_length, &ct))
-                .collect();
-        }
+                .collect()
+        };
         // Every key and every candidate is checked (no early exit on the secret-dependent
         // comparison itself; the loop bounds are public).
         let mut found: Option<&Key> = None;
@@ -201,7 +200,11 @@ impl Authorizer {
             .ok_or(AuthError::BadMac)?;
         // Expiry is checked after the MAC so an attacker learns nothing from timing about
         // whether a forged link would have been fresh.
-        let now = r.now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = r
+            .now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         if now > expires.saturating_add(self.skew.as_secs()) {
             return Err(AuthError::Expired);
         }
@@ -335,7 +338,12 @@ mod tests {
         let a = all();
         // Header matches.
         assert!(a
-            .authorize(&req("thomas/abc/catmetal.jpg", q, 23026, Some("image/jpeg")))
+            .authorize(&req(
+                "thomas/abc/catmetal.jpg",
+                q,
+                23026,
+                Some("image/jpeg")
+            ))
             .is_ok());
         // No header (Psi): guessed from .jpg.
         assert!(a
@@ -350,7 +358,10 @@ mod tests {
     #[test]
     fn v2_octet_stream_fallback() {
         let key = b"mysecret";
-        let mac = mac::sign_hex(key, &mac::message_v2("x/file.bin2", 5, "application/octet-stream"));
+        let mac = mac::sign_hex(
+            key,
+            &mac::message_v2("x/file.bin2", 5, "application/octet-stream"),
+        );
         let q = format!("v2={mac}");
         assert!(all()
             .authorize(&req("x/file.bin2", &q, 5, Some("text/plain")))
@@ -371,7 +382,12 @@ mod tests {
     fn token_mode_uses_v2_message() {
         let q = "token=7318cd44d4c40731e3b2ff869f553ab2326eae631868e7b8054db20d4aee1c06";
         let g = all()
-            .authorize(&req("thomas/abc/catmetal.jpg", q, 23026, Some("image/jpeg")))
+            .authorize(&req(
+                "thomas/abc/catmetal.jpg",
+                q,
+                23026,
+                Some("image/jpeg"),
+            ))
             .unwrap();
         assert_eq!(g.mode, AuthMode::Token);
     }
@@ -511,7 +527,9 @@ mod tests {
             );
         }
         assert_eq!(
-            all().authorize(&jwt_req("s/f", 1, "Basic abc")).unwrap_err(),
+            all()
+                .authorize(&jwt_req("s/f", 1, "Basic abc"))
+                .unwrap_err(),
             AuthError::BearerMissing
         );
     }

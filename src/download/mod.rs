@@ -1,5 +1,11 @@
-//! GET/HEAD of stored files (protocols.md §1.5, §2): header policy, then the body through the
-//! engine.
+//! GET/HEAD of stored files (protocols.md §1.5, §2): header policy, preconditions
+//! ([`conditional`]), ranges ([`range`]), then the body through the engine.
+//!
+//! The decisions are pure functions in the submodules; this file only maps their outcomes to
+//! responses and segments.
+
+pub mod conditional;
+pub mod range;
 
 use std::sync::Arc;
 
@@ -10,7 +16,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::engine::Segment;
 use crate::error::ApiError;
-use crate::response::{empty, ResBody};
+use crate::metrics::GaugeGuard;
+use crate::response::{empty, text, ResBody};
 use crate::state::AppState;
 use crate::storage::{FileMeta, StoredPath};
 
@@ -66,7 +73,7 @@ fn file_headers(h: &mut HeaderMap, meta: &FileMeta, name: &str, cache_control: &
     };
     set(header::CONTENT_TYPE, &meta.content_type);
     set(header::ACCEPT_RANGES, "bytes");
-    set(header::ETAG, &format!("\"{}\"", meta.sha256));
+    set(header::ETAG, &conditional::format_etag(&meta.sha256));
     set(
         header::LAST_MODIFIED,
         &httpdate::fmt_http_date(meta.uploaded_time()),
@@ -81,6 +88,35 @@ fn file_headers(h: &mut HeaderMap, meta: &FileMeta, name: &str, cache_control: &
         header::CONTENT_DISPOSITION,
         &content_disposition(&meta.content_type, name),
     );
+}
+
+/// A list header's lines joined with ", "; non-ASCII → `Some("")` (matches nothing).
+fn joined(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in h.get_all(name) {
+        let part = v.to_str().unwrap_or("");
+        if part.is_empty() && !v.is_empty() {
+            return Some(String::new());
+        }
+        match &mut out {
+            None => out = Some(part.to_owned()),
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(part);
+            }
+        }
+    }
+    out
+}
+
+/// A single-valued header: `None` when absent, repeated or not visible ASCII.
+fn single(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    let mut it = h.get_all(name).iter();
+    let first = it.next()?;
+    if it.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()
 }
 
 pub async fn handle(
@@ -99,29 +135,161 @@ pub async fn handle(
     let (file, meta) = tokio::task::spawn_blocking(move || storage.open_file(&p2))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let _ = req;
+
+    let h = req.headers();
+    let etag = conditional::format_etag(&meta.sha256);
+    let (if_match, if_none_match) = (
+        joined(h, header::IF_MATCH),
+        joined(h, header::IF_NONE_MATCH),
+    );
+    let conds = conditional::Conditions {
+        if_match: if_match.as_deref(),
+        if_none_match: if_none_match.as_deref(),
+        if_modified_since: single(h, header::IF_MODIFIED_SINCE),
+        if_unmodified_since: single(h, header::IF_UNMODIFIED_SINCE),
+        if_range: single(h, header::IF_RANGE),
+    };
+    let validators = conditional::Validators {
+        etag: &etag,
+        last_modified: meta.uploaded_time(),
+    };
     let mut res = Response::new(empty());
+    let honour_range = match conditional::evaluate(req.method(), &conds, &validators) {
+        conditional::Precondition::Failed => {
+            return Ok(text(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition failed\n",
+            ));
+        }
+        conditional::Precondition::NotModified => {
+            // RFC 9110 §15.4.5: 304 carries the validators and caching headers, no body.
+            *res.status_mut() = StatusCode::NOT_MODIFIED;
+            file_headers(
+                res.headers_mut(),
+                &meta,
+                path.file_name(),
+                &state.config.download.cache_control,
+            );
+            for k in [
+                header::CONTENT_TYPE,
+                header::CONTENT_DISPOSITION,
+                header::ACCEPT_RANGES,
+            ] {
+                res.headers_mut().remove(k);
+            }
+            return Ok(res);
+        }
+        conditional::Precondition::Proceed { honour_range } => honour_range,
+    };
     file_headers(
         res.headers_mut(),
         &meta,
         path.file_name(),
         &state.config.download.cache_control,
     );
-    res.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
-    *res.status_mut() = StatusCode::OK;
-    if !head {
-        state.metrics.download_bytes.inc_by(meta.size);
-        let body = state.engine.send(
-            Some(file),
+    let range_header = single(h, header::RANGE);
+    let outcome = if honour_range {
+        range::resolve(range_header, meta.size, state.config.download.max_ranges)
+    } else {
+        range::RangeOutcome::Full
+    };
+    if range_header.is_some() && !head {
+        let label = match &outcome {
+            range::RangeOutcome::Full => "full",
+            range::RangeOutcome::Single(_) => "single",
+            range::RangeOutcome::Multi(_) => "multi",
+            range::RangeOutcome::Unsatisfiable => "unsatisfiable",
+        };
+        state
+            .metrics
+            .range_requests
+            .with_label_values(&[label])
+            .inc();
+    }
+    let (status, segments, length) = match outcome {
+        range::RangeOutcome::Full => (
+            StatusCode::OK,
             vec![Segment::File {
                 offset: 0,
                 len: meta.size,
             }],
-        );
+            meta.size,
+        ),
+        range::RangeOutcome::Single(r) => {
+            set(
+                res.headers_mut(),
+                header::CONTENT_RANGE,
+                &range::content_range(&r, meta.size),
+            );
+            (
+                StatusCode::PARTIAL_CONTENT,
+                vec![Segment::File {
+                    offset: r.start,
+                    len: r.len(),
+                }],
+                r.len(),
+            )
+        }
+        range::RangeOutcome::Multi(ranges) => {
+            let mut seed = [0u8; 16];
+            getrandom::fill(&mut seed).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let plan = range::MultipartPlan::new(
+                &ranges,
+                meta.size,
+                &meta.content_type,
+                &range::boundary_from(&seed),
+            )
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            set(
+                res.headers_mut(),
+                header::CONTENT_TYPE,
+                &plan.content_type(),
+            );
+            let mut segs = Vec::with_capacity(plan.parts().len() * 2 + 1);
+            for part in plan.parts() {
+                segs.push(Segment::Bytes(bytes::Bytes::copy_from_slice(&part.header)));
+                segs.push(Segment::File {
+                    offset: part.range.start,
+                    len: part.range.len(),
+                });
+            }
+            segs.push(Segment::Bytes(bytes::Bytes::copy_from_slice(
+                plan.closing(),
+            )));
+            (StatusCode::PARTIAL_CONTENT, segs, plan.total_len())
+        }
+        range::RangeOutcome::Unsatisfiable => {
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+            set(
+                r.headers_mut(),
+                header::CONTENT_RANGE,
+                &range::unsatisfied_content_range(meta.size),
+            );
+            set(r.headers_mut(), header::ACCEPT_RANGES, "bytes");
+            return Ok(r);
+        }
+    };
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if !head {
+        let file_bytes: u64 = segments
+            .iter()
+            .filter(|s| matches!(s, Segment::File { .. }))
+            .map(Segment::len)
+            .sum();
+        state.metrics.download_bytes.inc_by(file_bytes);
+        let guard = GaugeGuard::new(&state.metrics.downloads_in_flight);
+        let body = state.engine.send(Some(file), segments, Some(guard));
         *res.body_mut() = body.boxed_unsync();
     }
     Ok(res)
+}
+
+fn set(h: &mut HeaderMap, k: header::HeaderName, v: &str) {
+    if let Ok(v) = HeaderValue::from_str(v) {
+        h.insert(k, v);
+    }
 }
 
 #[cfg(test)]

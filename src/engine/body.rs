@@ -50,6 +50,7 @@ pub struct FileBody {
     pending: Option<ReadFuture>,
     remaining: u64,
     metrics: EngineMetrics,
+    _guard: Option<crate::metrics::GaugeGuard>,
 }
 
 impl FileBody {
@@ -59,6 +60,7 @@ impl FileBody {
         file: Option<File>,
         segments: Vec<Segment>,
         metrics: EngineMetrics,
+        guard: Option<crate::metrics::GaugeGuard>,
     ) -> Self {
         let remaining = segments.iter().map(Segment::len).sum();
         Self {
@@ -69,6 +71,7 @@ impl FileBody {
             pending: None,
             remaining,
             metrics,
+            _guard: guard,
         }
     }
 

@@ -202,7 +202,14 @@ impl Engine {
 
     /// A response body that streams `segments`, reading file parts from `file` with positioned
     /// reads into leased buffers.
-    pub fn send(&self, file: Option<File>, segments: Vec<Segment>) -> FileBody {
+    /// `guard` lives as long as the body (e.g. an in-flight gauge), so a client that goes away
+    /// mid-download still releases it.
+    pub fn send(
+        &self,
+        file: Option<File>,
+        segments: Vec<Segment>,
+        guard: Option<crate::metrics::GaugeGuard>,
+    ) -> FileBody {
         let total: u64 = segments.iter().map(Segment::len).sum();
         let tier = self.sizer.tier_for_len(Some(total));
         FileBody::new(
@@ -211,6 +218,7 @@ impl Engine {
             file,
             segments,
             self.metrics.clone(),
+            guard,
         )
     }
 

@@ -29,11 +29,17 @@ impl PoolMetrics {
             &["tier"],
         )?;
         let hits = IntCounterVec::new(
-            Opts::new("sluice_pool_hits_total", "Leases served from an idle buffer"),
+            Opts::new(
+                "sluice_pool_hits_total",
+                "Leases served from an idle buffer",
+            ),
             &["tier"],
         )?;
         let misses = IntCounterVec::new(
-            Opts::new("sluice_pool_misses_total", "Leases that allocated a new buffer"),
+            Opts::new(
+                "sluice_pool_misses_total",
+                "Leases that allocated a new buffer",
+            ),
             &["tier"],
         )?;
         let idle = IntGaugeVec::new(
@@ -168,7 +174,12 @@ impl BufferPool {
     pub fn try_lease(&self, tier: usize) -> Option<Lease> {
         let tier = tier.min(self.inner.tiers.len().saturating_sub(1));
         let size = self.tier_size(tier);
-        let permit = self.inner.cap.clone().try_acquire_many_owned(kib(size)).ok()?;
+        let permit = self
+            .inner
+            .cap
+            .clone()
+            .try_acquire_many_owned(kib(size))
+            .ok()?;
         Some(self.take(tier, permit))
     }
 
@@ -177,7 +188,11 @@ impl BufferPool {
         let t = &inner.tiers[tier];
         let reused = t.idle.lock().ok().and_then(|mut v| {
             let b = v.pop();
-            inner.metrics.idle.with_label_values(&[&t.label]).set(v.len() as i64);
+            inner
+                .metrics
+                .idle
+                .with_label_values(&[&t.label])
+                .set(v.len() as i64);
             b
         });
         inner.metrics.leases.with_label_values(&[&t.label]).inc();

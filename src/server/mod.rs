@@ -41,7 +41,11 @@ fn builder(state: &AppState) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serve on every listener until `shutdown` completes, then drain within the grace period.
-pub async fn run<F>(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: F) -> io::Result<()>
+pub async fn run<F>(
+    listeners: Vec<TcpListener>,
+    state: Arc<AppState>,
+    shutdown: F,
+) -> io::Result<()>
 where
     F: Future<Output = ()> + Send,
 {

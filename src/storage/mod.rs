@@ -188,9 +188,7 @@ impl FsStorage {
         create_dirs(&parent)?;
         match fs::hard_link(&staged.path, &dest) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StorageError::Exists)
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StorageError::Exists),
             Err(e) => return Err(e.into()),
         }
         // From here the file is published; metadata problems must not unpublish it.
@@ -211,7 +209,8 @@ impl FsStorage {
         let mut raw = [0u8; 8];
         getrandom::fill(&mut raw).map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
         let tmp = self.staging.join(format!("meta-{}", hex::encode(raw)));
-        let json = serde_json::to_vec(meta).map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
+        let json = serde_json::to_vec(meta)
+            .map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
         {
             let mut f = File::create(&tmp)?;
             f.write_all(&json)?;
@@ -328,10 +327,16 @@ mod tests {
             s.commit(b, &sp("x/f.txt"), &meta(6)),
             Err(StorageError::Exists)
         ));
-        assert!(!staged_b.exists(), "failed commit must clean its staging file");
+        assert!(
+            !staged_b.exists(),
+            "failed commit must clean its staging file"
+        );
         let (_, m) = s.open_file(&sp("x/f.txt")).unwrap();
         assert_eq!(m.size, 5);
-        assert_eq!(fs::read(dir.path().join("files/x/f.txt")).unwrap(), b"first");
+        assert_eq!(
+            fs::read(dir.path().join("files/x/f.txt")).unwrap(),
+            b"first"
+        );
     }
 
     #[test]

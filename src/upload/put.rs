@@ -16,7 +16,7 @@ use crate::response::{empty, ResBody};
 use crate::state::AppState;
 use crate::storage::{FileMeta, StoredPath};
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -43,6 +43,7 @@ pub async fn handle(
     raw_path: &str,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
+    let http1 = req.version() < http::Version::HTTP_2;
     let result = handle_inner(state, raw_path, req).await;
     let label = match &result {
         Ok(_) => "created",
@@ -60,7 +61,16 @@ pub async fn handle(
         Err(_) => "rejected",
     };
     state.metrics.uploads.with_label_values(&[label]).inc();
-    result
+    // A refused PUT usually leaves its body unread: tell HTTP/1 clients not to reuse the
+    // connection (hyper closes it), so a pooled client does not send its next request into it.
+    result.or_else(|e| {
+        let mut res = e.into_response();
+        if http1 {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(res)
+    })
 }
 
 async fn handle_inner(
@@ -69,7 +79,15 @@ async fn handle_inner(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, ApiError> {
     let max = state.config.storage.max_file_size.as_u64();
-    let len = content_length(&req)?.ok_or(ApiError::LengthRequired)?;
+    // No Content-Length: a body whose end is already known to be empty (HTTP/1.1 without
+    // Transfer-Encoding, RFC 9112 §6.3; HTTP/2 with END_STREAM on the headers) has length 0;
+    // a chunked / streamed body of unknown length is refused (XEP-0363 clients always send a
+    // fixed length).
+    let len = match content_length(&req)? {
+        Some(n) => n,
+        None if http_body::Body::size_hint(req.body()).exact() == Some(0) => 0,
+        None => return Err(ApiError::LengthRequired),
+    };
     if len > max {
         return Err(ApiError::TooLarge { max });
     }
@@ -129,7 +147,11 @@ async fn handle_inner(
     tokio::task::spawn_blocking(move || storage.commit(staged, &path, &meta))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    tracing::info!(bytes = len, mode = crate::auth::mode_name(grant.mode), "stored");
+    tracing::info!(
+        bytes = len,
+        mode = crate::auth::mode_name(grant.mode),
+        "stored"
+    );
 
     let mut res = Response::new(empty());
     *res.status_mut() = StatusCode::CREATED;

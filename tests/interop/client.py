@@ -34,16 +34,21 @@ from slixmpp.exceptions import IqError, IqTimeout
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
 
-# (label, filename, size, content-type requested in the slot and sent on the PUT or None)
+# (label, filename, size, content-type requested in the slot, Content-Type sent on the PUT)
+# The PUT type None means no Content-Type header at all.
 CASES = [
-    ("empty", "empty.txt", 0, "text/plain"),
-    ("1 byte", "one.txt", 1, "text/plain"),
-    ("100 KiB", "hundred.bin", 100 * 1024, "application/octet-stream"),
-    ("5 MiB", "five mib.bin", 5 * 1024 * 1024, "application/octet-stream"),
-    ("unicode", "très cool.jpg", 23456, "image/jpeg"),
-    ("plus-percent", "a+b%20c 100%.txt", 1000, "text/plain"),
-    ("cjk", "文件 ünïcödé.png", 4321, "image/png"),
-    ("no PUT content-type", "noctype.dat", 777, None),
+    ("empty", "empty.txt", 0, "text/plain", "text/plain"),
+    ("1 byte", "one.txt", 1, "text/plain", "text/plain"),
+    ("100 KiB", "hundred.bin", 100 * 1024, "application/octet-stream", "application/octet-stream"),
+    ("5 MiB", "five mib.bin", 5 * 1024 * 1024, "application/octet-stream", "application/octet-stream"),
+    ("unicode", "très cool.jpg", 23456, "image/jpeg", "image/jpeg"),
+    ("plus-percent", "a+b%20c 100%.txt", 1000, "text/plain", "text/plain"),
+    ("cjk", "文件 ünïcödé.png", 4321, "image/png", "image/png"),
+    ("default slot type, no PUT Content-Type", "noctype.dat", 777, None, None),
+    # Psi: typed slot, PUT without Content-Type (v2 must fall back to the extension's type)
+    ("typed slot, no PUT Content-Type (Psi)", "photo.jpg", 3000, "image/jpeg", None),
+    # Converse.js: typed slot, empty Content-Type on the PUT
+    ("typed slot, empty PUT Content-Type (Converse.js)", "picture.png", 3100, "image/png", ""),
 ]
 
 # Characters that may be left as they are in a request target; everything else
@@ -378,7 +383,7 @@ async def run_service(xmpp, res, service, kind, args):
     async def do_http(*a, **kw):
         return await loop.run_in_executor(None, lambda: http_req(*a, **kw))
 
-    for label, filename, size, ctype in CASES:
+    for label, filename, size, ctype, put_ctype in CASES:
         what = f"{tag} {label} {filename!r} {size} B"
         try:
             put_url, get_url, slot_headers = await get_slot(xmpp, service, filename, size, ctype, T)
@@ -404,7 +409,7 @@ async def run_service(xmpp, res, service, kind, args):
 
         body = payload(size, f"{service}/{filename}/{time.time()}")
         digest = hashlib.sha256(body).hexdigest()
-        hdrs = put_headers(slot_headers, size, ctype)
+        hdrs = put_headers(slot_headers, size, put_ctype)
         r = await do_http("PUT", put_url, body, hdrs)
         if not res.check(r.status == 201, f"{what}: PUT -> 201",
                          f"PUT {put_url} headers={hdrs} -> {r.describe()}"):
@@ -446,7 +451,9 @@ async def run_service(xmpp, res, service, kind, args):
         put_url, get_url, sh = await fresh("tampered.bin")
         if kind == "jwt":
             bad = dict(sh)
-            bad["Authorization"] = sh["Authorization"][:-2] + ("AA" if not sh["Authorization"].endswith("AA") else "BB")
+            head, _, sig = sh["Authorization"].rpartition(".")
+            sig = sig[:5] + ("B" if sig[5] != "B" else "C") + sig[6:]  # a full 6-bit char of the signature
+            bad["Authorization"] = f"{head}.{sig}"
             r = await do_http("PUT", put_url, body, put_headers(bad, size, ctype))
             res.check(r.status == 401, f"{what}: PUT -> 401", f"PUT {put_url} -> {r.describe()}")
         else:

@@ -4,7 +4,7 @@
 #
 #   bash tests/interop/run.sh PATH_TO_SLUICE_BINARY
 #
-# Run as root from the repo root, no stdin. Installs what it needs from Debian and PyPI,
+# Run as root from the repo root, no stdin. Installs what it needs with apt-get and pip,
 # runs everything on 127.0.0.1 under a temp dir, stops everything it started on exit, and
 # ends with the line `interop: N passed, M failed`. Exit status 0 only if M is 0.
 # INTEROP_KEEP=1 keeps the temp dir (configs and logs) for inspection.
@@ -19,20 +19,6 @@ T0=$(date +%s)
 log() { printf '[interop %3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { log "ERROR: $*"; exit 1; }
 
-[ $# -eq 1 ] || die "usage: bash tests/interop/run.sh PATH_TO_SLUICE_BINARY"
-[ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, runs ejabberd as its user)"
-SLUICE_BIN=$(realpath "$1") || die "no such file: $1"
-[ -f "$SLUICE_BIN" ] || die "no such file: $SLUICE_BIN"
-case "$SLUICE_BIN" in
-  *.py) SLUICE_CMD=(/usr/bin/python3 "$SLUICE_BIN") ;;  # tests/interop/reference_server.py (harness self-test)
-  *) [ -x "$SLUICE_BIN" ] || die "not executable: $SLUICE_BIN"; SLUICE_CMD=("$SLUICE_BIN") ;;
-esac
-
-# Exact versions the suite was written against (client.py uses slixmpp's connection flags).
-PY_PACKAGES=(slixmpp==1.17.0 aiohttp==3.14.5)
-DEB_PACKAGES=(prosody prosody-modules ejabberd python3-venv)
-VENV="$REPO/target/interop-venv"
-
 # ----------------------------------------------------------------------------- cleanup
 WORK=""
 SLUICE_PID=""
@@ -43,10 +29,10 @@ PASSED=0
 FAILED=0
 
 stop_pid() {  # stop_pid PID NAME: TERM, wait up to 10 s, then KILL
-  local pid=$1 name=$2 i
+  local pid=$1 name=$2
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
   log "$name ($pid) did not stop on TERM; killing"
   kill -KILL "$pid" 2>/dev/null || true
 }
@@ -56,11 +42,11 @@ ejabberd_ctl() { timeout "${EJ_TIMEOUT:-60}" ejabberdctl "${EJCTL_ARGS[@]}" "$@"
 stop_ejabberd() {
   [ -n "$EJ_STARTED" ] || return 0
   EJ_STARTED=""
-  local pid="" i
+  local pid=""
   [ -f "$WORK/ejabberd/ejabberd.pid" ] && pid=$(cat "$WORK/ejabberd/ejabberd.pid" 2>/dev/null || true)
   EJ_TIMEOUT=30 ejabberd_ctl stop >/dev/null 2>&1 || true
   if [ -n "$pid" ]; then
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     if kill -0 "$pid" 2>/dev/null; then
       log "ejabberd ($pid) did not stop; killing"
       kill -KILL "$pid" 2>/dev/null || true
@@ -68,6 +54,7 @@ stop_ejabberd() {
   fi
 }
 
+# shellcheck disable=SC2317  # invoked through the EXIT trap
 cleanup() {
   local rc=$?
   set +e
@@ -78,10 +65,10 @@ cleanup() {
   [ -n "$POLICY_RC_CREATED" ] && rm -f /usr/sbin/policy-rc.d
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
-      for f in "$WORK"/sluice/sluice.log "$WORK"/prosody/prosody.log "$WORK"/ejabberd/logs/ejabberd.log; do
-        [ -s "$f" ] || continue
-        echo "----- last lines of $f"
-        tail -n 40 "$f"
+      for f in sluice/sluice.log:40 prosody/prosody.log:15 ejabberd/logs/ejabberd.log:15; do
+        [ -s "$WORK/${f%:*}" ] || continue
+        echo "----- last lines of $WORK/${f%:*}"
+        tail -n "${f#*:}" "$WORK/${f%:*}" | sed 's/\x1b\[[0-9;]*m//g'
       done
     fi
     if [ -s "$WORK/summary.txt" ]; then
@@ -98,16 +85,31 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
+[ $# -eq 1 ] || die "usage: bash tests/interop/run.sh PATH_TO_SLUICE_BINARY"
+[ "$(id -u)" -eq 0 ] || die "must run as root (installs packages, runs ejabberd as its user)"
+SLUICE_BIN=$(realpath "$1") || die "no such file: $1"
+[ -f "$SLUICE_BIN" ] || die "no such file: $SLUICE_BIN"
+case "$SLUICE_BIN" in
+  *.py) SLUICE_CMD=(/usr/bin/python3 "$SLUICE_BIN") ;;  # tests/interop/reference_server.py (harness self-test)
+  *) [ -x "$SLUICE_BIN" ] || die "not executable: $SLUICE_BIN"; SLUICE_CMD=("$SLUICE_BIN") ;;
+esac
+
+# Exact versions the suite was written against (client.py uses slixmpp's connection flags).
+PY_PACKAGES=(slixmpp==1.17.0 aiohttp==3.14.5)
+DEB_PACKAGES=(prosody prosody-modules ejabberd python3-venv)
+VENV="$REPO/target/interop-venv"
+
 # ----------------------------------------------------------------------------- install
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" = "install ok installed" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   timeout 300 apt-get update -qq || die "apt-get update failed"
   for p in "${missing[@]}"; do
-    apt-cache policy "$p" | grep -q 'Candidate: [0-9]' || die "Debian package $p is not available"
+    cand=$(apt-cache policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    case "$cand" in ''|'(none)') die "Debian package $p is not available" ;; esac
   done
   # Keep the packages' own services from starting at install (we run our own instances).
   if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -117,7 +119,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || die "apt-get install ${missing[*]} failed"
-  [ -n "$POLICY_RC_CREATED" ] && rm -f /usr/sbin/policy-rc.d && POLICY_RC_CREATED=""
+  if [ -n "$POLICY_RC_CREATED" ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=""; fi
 fi
 for c in prosody prosodyctl ejabberdctl; do command -v "$c" >/dev/null || die "$c not found after install"; done
 [ -f /usr/lib/prosody/modules/mod_http_upload_external/mod_http_upload_external.lua ] \

@@ -1,0 +1,8 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Integration tests: the real server in-process on a pre-bound 127.0.0.1:0 listener, real
+//! files in a temp dir, HTTP through reqwest (and raw TCP where a client must misbehave).
+
+mod common;
+mod download;
+mod put;
+mod server;
