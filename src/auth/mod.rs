@@ -120,10 +120,10 @@ impl Authorizer {
         self.modes.contains(&m)
     }
 
-    /// Whether a 401 with `WWW-Authenticate: Bearer` is the right answer to a request with no
-    /// grant at all (only JWT mode is on).
-    pub fn bearer_only(&self) -> bool {
-        self.modes.iter().all(|m| *m == AuthMode::Jwt)
+    /// Whether a request with no grant at all gets 401 with `WWW-Authenticate: Bearer` (JWT
+    /// mode is on, so a bearer token is a way in: protocols.md §1.3) rather than 403.
+    pub fn challenges_bearer(&self) -> bool {
+        self.enabled(AuthMode::Jwt)
     }
 
     /// Verify the grant of an upload request.
@@ -144,7 +144,7 @@ impl Authorizer {
             (AuthMode::Token, mac)
         } else if let Some(mac) = &q.v {
             (AuthMode::V, mac)
-        } else if r.authorization.is_none() && self.bearer_only() {
+        } else if r.authorization.is_none() && self.challenges_bearer() {
             return Err(AuthError::BearerMissing);
         } else {
             return Err(AuthError::Missing);
@@ -402,9 +402,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_grant_is_missing_or_bearer_when_jwt_only() {
+    fn missing_grant_is_bearer_challenge_when_jwt_on_else_missing() {
         assert_eq!(
             all().authorize(&req("a/b", "", 1, None)).unwrap_err(),
+            AuthError::BearerMissing
+        );
+        assert_eq!(
+            authz(vec![AuthMode::V, AuthMode::V2])
+                .authorize(&req("a/b", "", 1, None))
+                .unwrap_err(),
             AuthError::Missing
         );
         assert_eq!(

@@ -144,8 +144,9 @@ async fn bad_missing_and_wrong_size_mac_are_403_and_counted() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert!(r.text().await.unwrap().contains("missing"));
+    // No grant at all: JWT mode is on, so 401 with a Bearer challenge (protocols.md §1.3).
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
     // Signed for 3 bytes, sends 4.
     let r = s.client.put(&good).body("abcd").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -160,10 +161,34 @@ async fn bad_missing_and_wrong_size_mac_are_403_and_counted() {
         3.0
     );
     assert_eq!(
-        s.metric("sluice_auth_failures_total{reason=\"missing\"}")
+        s.metric("sluice_auth_failures_total{reason=\"bearer_missing\"}")
             .await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn missing_grant_is_403_when_jwt_is_off() {
+    let s = TestServer::start_with(|c| c.auth.modes = vec![sluice::config::AuthMode::V]).await;
+    let r = s
+        .client
+        .put(s.url("a/f.txt"))
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("missing"));
+    // A v2 grant while only v is enabled.
+    let r = s
+        .client
+        .put(s.put_v2("a/f.txt", 3, "text/plain"))
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("disabled"));
 }
 
 #[tokio::test]
