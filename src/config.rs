@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Cap on concurrently open connections (further accepts wait).
     pub max_connections: usize,
+    /// Behind a reverse proxy: take the client address for per-client sizing history from the
+    /// last `X-Forwarded-For` entry. Used for buffer sizing only, never for authorisation.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             max_header_size: ByteSize::kib(16),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 4096,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -227,29 +231,157 @@ impl Default for CorsConfig {
     }
 }
 
-/// `[engine]`: the streaming engine's buffer pool.
+/// Buffer sizing mode of the streaming engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineMode {
+    /// Buffer sizes follow live per-transfer figures (see `engine::adaptive`).
+    Adaptive,
+    /// Every buffer is `fixed_buffer` (for comparison and benchmarks).
+    Fixed,
+}
+
+/// `[engine]`: the streaming engine — buffer pool and adaptive sizing.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
+    pub mode: EngineMode,
     /// Buffer size classes, ascending.
     pub tiers: Vec<ByteSize>,
+    /// Buffer size in `fixed` mode; must be one of `tiers`.
+    pub fixed_buffer: ByteSize,
     /// Idle buffers kept per tier for reuse.
     pub max_idle_per_tier: usize,
+    /// Buffers allocated per tier at startup.
+    pub preallocate_per_tier: usize,
     /// Global cap on bytes leased at once; leases beyond it wait (backpressure).
     pub memory_cap: ByteSize,
+    /// Adaptive: a buffer should hold about this much transfer time at the measured rate.
+    #[serde(with = "humantime_serde")]
+    pub target_buffer_time: Duration,
+    /// A single wait on the client longer than this is a stall (steps the buffer down).
+    #[serde(with = "humantime_serde")]
+    pub stall_threshold: Duration,
+    /// Downloads: file reads kept in flight ahead of the socket (1..=8).
+    pub read_ahead: usize,
+    /// Per-client throughput history (by IP): how many clients are remembered...
+    pub history_capacity: usize,
+    /// ...and for how long.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    pub quality: QualityConfig,
+    pub clients: ClientsConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
+            mode: EngineMode::Adaptive,
             tiers: vec![
                 ByteSize::kib(16),
                 ByteSize::kib(64),
                 ByteSize::kib(256),
                 ByteSize::mib(1),
             ],
+            fixed_buffer: ByteSize::kib(256),
             max_idle_per_tier: 64,
+            preallocate_per_tier: 0,
             memory_cap: ByteSize::mib(256),
+            target_buffer_time: Duration::from_millis(20),
+            stall_threshold: Duration::from_millis(500),
+            read_ahead: 2,
+            history_capacity: 10_000,
+            history_ttl: Duration::from_secs(3600),
+            quality: QualityConfig::default(),
+            clients: ClientsConfig::default(),
+        }
+    }
+}
+
+/// `[engine.quality]`: throughput floors (per second) of the quality classes; below `fair` is
+/// `poor`, and a transfer that stalled is one class lower.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityConfig {
+    pub excellent: ByteSize,
+    pub good: ByteSize,
+    pub fair: ByteSize,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        Self {
+            excellent: ByteSize::mib(50),
+            good: ByteSize::mib(5),
+            fair: ByteSize::kib(512),
+        }
+    }
+}
+
+/// `[engine.clients]`: client strategies guessed from the User-Agent (the prior that live
+/// figures then refine) and the chunk advice given to resumable-upload clients.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsConfig {
+    /// User-Agent substrings (case-insensitive) that mean a phone app.
+    pub mobile_agents: Vec<String>,
+    /// User-Agent substrings that mean a server or command-line tool.
+    pub server_agents: Vec<String>,
+    /// First buffer size per strategy (before any live figure or history).
+    pub mobile_start_buffer: ByteSize,
+    pub desktop_start_buffer: ByteSize,
+    pub server_start_buffer: ByteSize,
+    /// Chunk advice per strategy for a client without history.
+    pub mobile_chunk: ByteSize,
+    pub desktop_chunk: ByteSize,
+    pub server_chunk: ByteSize,
+    /// With history, the advice is this much transfer time at the client's measured rate...
+    #[serde(with = "humantime_serde")]
+    pub chunk_target_time: Duration,
+    /// ...clamped to these bounds.
+    pub chunk_min: ByteSize,
+    pub chunk_max: ByteSize,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect();
+        Self {
+            mobile_agents: s(&[
+                "Conversations",
+                "Monal",
+                "Siskin",
+                "Snikket",
+                "blabber",
+                "Cheogram",
+                "Android",
+                "iPhone",
+                "iPad",
+                "okhttp",
+                "CFNetwork",
+                "Mobile",
+            ]),
+            server_agents: s(&[
+                "curl",
+                "Wget",
+                "python",
+                "aiohttp",
+                "Go-http-client",
+                "reqwest",
+                "Prosody",
+                "ejabberd",
+                "tusd",
+                "node",
+            ]),
+            mobile_start_buffer: ByteSize::kib(64),
+            desktop_start_buffer: ByteSize::kib(256),
+            server_start_buffer: ByteSize::mib(1),
+            mobile_chunk: ByteSize::mib(4),
+            desktop_chunk: ByteSize::mib(16),
+            server_chunk: ByteSize::mib(64),
+            chunk_target_time: Duration::from_secs(10),
+            chunk_min: ByteSize::mib(1),
+            chunk_max: ByteSize::mib(100),
         }
     }
 }
@@ -351,6 +483,20 @@ impl Config {
         let largest = tiers.last().map(|t| t.as_u64()).unwrap_or(0);
         if self.engine.memory_cap.as_u64() < largest * 2 {
             return bad("engine.memory_cap must hold at least two of the largest tier".into());
+        }
+        if !tiers.contains(&self.engine.fixed_buffer) {
+            return bad("engine.fixed_buffer must be one of engine.tiers".into());
+        }
+        if !(1..=8).contains(&self.engine.read_ahead) {
+            return bad("engine.read_ahead must be between 1 and 8".into());
+        }
+        let q = &self.engine.quality;
+        if !(q.excellent > q.good && q.good > q.fair) {
+            return bad("engine.quality floors must satisfy excellent > good > fair".into());
+        }
+        let c = &self.engine.clients;
+        if c.chunk_min > c.chunk_max || c.chunk_min.as_u64() == 0 {
+            return bad("engine.clients: need 0 < chunk_min <= chunk_max".into());
         }
         for (i, k) in self.auth.keys.iter().enumerate() {
             let n = [
@@ -506,6 +652,43 @@ mod tests {
         // already rejects unknown ones; this checks the template sets non-default values too.
         let reparsed = Config::from_toml(&c.redacted_toml()).unwrap();
         assert_eq!(reparsed.server.listen, c.server.listen);
+    }
+
+    fn key_paths(v: &toml::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                // Arrays of tables (auth.keys) are examples, not a fixed key set.
+                if !matches!(v, toml::Value::Array(a) if a.iter().all(|x| x.is_table()))
+                    || p != "auth.keys"
+                {
+                    out.insert(p.clone());
+                }
+                key_paths(v, &p, out);
+            }
+        }
+    }
+
+    #[test]
+    fn template_documents_every_key_of_the_config() {
+        let template: toml::Value =
+            toml::from_str(include_str!("../templates/config-adaptive.toml")).unwrap();
+        let defaults: toml::Value =
+            toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        let (mut a, mut b) = (Default::default(), Default::default());
+        key_paths(&template, "", &mut a);
+        key_paths(&defaults, "", &mut b);
+        a.remove("auth.keys");
+        b.remove("auth.keys");
+        let missing: Vec<_> = b.difference(&a).collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from the template: {missing:?}"
+        );
     }
 
     #[test]

@@ -14,6 +14,30 @@ use crate::response::{self, ResBody};
 use crate::state::AppState;
 use crate::{download, upload};
 
+/// The TCP peer of the connection a request came on (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The engine's sizing prior for this request's client: its address (the peer, or the last
+/// `X-Forwarded-For` entry when the operator trusts the proxy) and its User-Agent.
+pub fn client_of<B>(state: &AppState, req: &Request<B>) -> crate::engine::Client {
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    let forwarded = if state.config.server.trust_forwarded_for {
+        req.headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    } else {
+        None
+    };
+    let ua = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    state.engine.client(forwarded.or(peer), ua)
+}
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

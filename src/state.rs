@@ -34,16 +34,8 @@ impl AppState {
         let config = settings.config;
         let storage = FsStorage::open(&config.storage.dir, config.storage.durability)?;
         let metrics = Metrics::new()?;
-        let tiers: Vec<usize> = config
-            .engine
-            .tiers
-            .iter()
-            .map(|t| usize::try_from(t.as_u64()).unwrap_or(usize::MAX))
-            .collect();
         let engine = Engine::new(
-            &tiers,
-            config.engine.max_idle_per_tier,
-            usize::try_from(config.engine.memory_cap.as_u64()).unwrap_or(usize::MAX),
+            &config.engine,
             config.server.body_idle_timeout,
             &metrics.registry,
         )?;

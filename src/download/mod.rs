@@ -280,7 +280,10 @@ pub async fn handle(
             .sum();
         state.metrics.download_bytes.inc_by(file_bytes);
         let guard = GaugeGuard::new(&state.metrics.downloads_in_flight);
-        let body = state.engine.send(Some(file), segments, Some(guard));
+        let client = crate::router::client_of(state, &req);
+        let body = state
+            .engine
+            .send(Some(file), segments, Some(guard), &client);
         *res.body_mut() = body.boxed_unsync();
     }
     Ok(res)

@@ -1,7 +1,8 @@
 //! The download body: a sequence of in-memory parts and file ranges, streamed with positioned
-//! reads (`pread`) into leased pool buffers on the blocking pool. Each frame hands its lease to
-//! hyper through `Bytes::from_owner`, so the buffer goes back to the pool when hyper has written
-//! it (or when the client disconnects and the body is dropped).
+//! reads (`pread`, never read-and-discard) into leased pool buffers on the blocking pool, with
+//! up to `read_ahead` reads in flight ahead of the socket. Each frame hands its lease to hyper
+//! through `Bytes::from_owner`, so the buffer returns to the pool once hyper has written it, or
+//! when the client disconnects and the body is dropped.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -11,12 +12,14 @@ use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::task::JoinHandle;
 
 use super::pool::{BufferPool, Lease};
-use super::EngineMetrics;
+use super::transfer::Transfer;
 
 /// One piece of a response body.
 #[derive(Debug, Clone)]
@@ -39,63 +42,115 @@ impl Segment {
     }
 }
 
-type ReadFuture = Pin<Box<dyn Future<Output = io::Result<Lease>> + Send>>;
+enum Pending {
+    Bytes(Bytes),
+    Read(JoinHandle<io::Result<Lease>>),
+}
 
 /// Streams segments; see the module docs.
 pub struct FileBody {
     pool: BufferPool,
-    tier: usize,
+    transfer: Transfer,
     file: Option<Arc<File>>,
     segments: VecDeque<Segment>,
-    pending: Option<ReadFuture>,
+    pending: VecDeque<Pending>,
+    read_ahead: usize,
     remaining: u64,
-    metrics: EngineMetrics,
+    /// When the previous frame was handed to hyper.
+    last_yield: Option<Instant>,
+    /// When we started waiting on the front read.
+    disk_wait_since: Option<Instant>,
     _guard: Option<crate::metrics::GaugeGuard>,
 }
 
 impl FileBody {
     pub(super) fn new(
         pool: BufferPool,
-        tier: usize,
+        transfer: Transfer,
         file: Option<File>,
         segments: Vec<Segment>,
-        metrics: EngineMetrics,
+        read_ahead: usize,
         guard: Option<crate::metrics::GaugeGuard>,
     ) -> Self {
         let remaining = segments.iter().map(Segment::len).sum();
         Self {
             pool,
-            tier,
+            transfer,
             file: file.map(Arc::new),
             segments: segments.into(),
-            pending: None,
+            pending: VecDeque::new(),
+            read_ahead: read_ahead.max(1),
             remaining,
-            metrics,
+            last_yield: None,
+            disk_wait_since: None,
             _guard: guard,
         }
     }
 
-    fn start_read(&mut self, offset: u64, len: usize) -> io::Result<()> {
-        let file = self
-            .file
-            .clone()
-            .ok_or_else(|| io::Error::other("file segment without a file"))?;
-        let pool = self.pool.clone();
-        let tier = self.tier;
-        self.metrics
-            .buffer_bytes
-            .with_label_values(&["download"])
-            .observe(len as f64);
-        self.pending = Some(Box::pin(async move {
-            let mut lease = pool.lease(tier).await;
-            let task = tokio::task::spawn_blocking(move || {
-                file.read_exact_at(lease.spare_mut(len), offset)?;
-                lease.set_len(len);
-                Ok::<_, io::Error>(lease)
-            });
-            task.await.map_err(io::Error::other)?
-        }));
+    /// Queue work until `read_ahead` reads are in flight or the segments run out.
+    fn fill_pipeline(&mut self) -> io::Result<()> {
+        while self
+            .pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Read(_)))
+            .count()
+            < self.read_ahead
+        {
+            let chunk_max = self.pool.tier_size(self.transfer.tier()) as u64;
+            match self.segments.front_mut() {
+                None => return Ok(()),
+                Some(Segment::Bytes(b)) => {
+                    let b = std::mem::take(b);
+                    self.segments.pop_front();
+                    if !b.is_empty() {
+                        self.pending.push_back(Pending::Bytes(b));
+                    }
+                }
+                Some(Segment::File { offset, len }) => {
+                    if *len == 0 {
+                        self.segments.pop_front();
+                        continue;
+                    }
+                    let n = (*len).min(chunk_max);
+                    let off = *offset;
+                    *offset += n;
+                    *len -= n;
+                    // n ≤ a tier size, which fits in usize.
+                    let n = usize::try_from(n).unwrap_or(usize::MAX);
+                    let file = self
+                        .file
+                        .clone()
+                        .ok_or_else(|| io::Error::other("file segment without a file"))?;
+                    let pool = self.pool.clone();
+                    let tier = self.transfer.tier();
+                    self.pending
+                        .push_back(Pending::Read(tokio::spawn(async move {
+                            let mut lease = pool.lease(tier).await;
+                            let read = tokio::task::spawn_blocking(move || {
+                                file.read_exact_at(lease.spare_mut(n), off)?;
+                                lease.set_len(n);
+                                Ok::<_, io::Error>(lease)
+                            });
+                            read.await.map_err(io::Error::other)?
+                        })));
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn yielded(&mut self, bytes: usize, disk_wait: Duration) {
+        let now = Instant::now();
+        // Time since the previous frame left: how fast the client drains us.
+        let (active, client_wait) = match self.last_yield {
+            Some(t) => {
+                let gap = now.saturating_duration_since(t);
+                (gap, gap.saturating_sub(disk_wait))
+            }
+            None => (disk_wait.max(Duration::from_micros(1)), Duration::ZERO),
+        };
+        self.transfer.observe(bytes, active, client_wait, disk_wait);
+        self.last_yield = Some(now);
     }
 }
 
@@ -108,51 +163,52 @@ impl Body for FileBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        loop {
-            if let Some(fut) = this.pending.as_mut() {
-                let res = match fut.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(r) => r,
-                };
-                this.pending = None;
-                return Poll::Ready(Some(res.map(|lease| {
-                    this.remaining = this.remaining.saturating_sub(lease.len() as u64);
-                    Frame::data(Bytes::from_owner(lease))
-                })));
-            }
-            let chunk_max = this.pool.tier_size(this.tier) as u64;
-            match this.segments.front_mut() {
-                None => return Poll::Ready(None),
-                Some(Segment::Bytes(b)) => {
-                    let b = std::mem::take(b);
-                    this.segments.pop_front();
-                    if b.is_empty() {
-                        continue;
-                    }
+        if let Err(e) = this.fill_pipeline() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        let Some(front) = this.pending.front_mut() else {
+            return Poll::Ready(None);
+        };
+        match front {
+            Pending::Bytes(_) => {
+                if let Some(Pending::Bytes(b)) = this.pending.pop_front() {
                     this.remaining = this.remaining.saturating_sub(b.len() as u64);
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
-                Some(Segment::File { offset, len }) => {
-                    if *len == 0 {
-                        this.segments.pop_front();
-                        continue;
+                Poll::Ready(None)
+            }
+            Pending::Read(handle) => {
+                let res = match Pin::new(handle).poll(cx) {
+                    Poll::Pending => {
+                        this.disk_wait_since.get_or_insert_with(Instant::now);
+                        return Poll::Pending;
                     }
-                    let n = (*len).min(chunk_max);
-                    let off = *offset;
-                    *offset += n;
-                    *len -= n;
-                    // n ≤ tier size, which fits in usize.
-                    let n = usize::try_from(n).unwrap_or(usize::MAX);
-                    if let Err(e) = this.start_read(off, n) {
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    Poll::Ready(r) => r,
+                };
+                this.pending.pop_front();
+                let disk_wait = this
+                    .disk_wait_since
+                    .take()
+                    .map(|t| t.elapsed())
+                    .unwrap_or_default();
+                let lease = match res {
+                    Ok(Ok(lease)) => lease,
+                    Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+                };
+                this.remaining = this.remaining.saturating_sub(lease.len() as u64);
+                this.yielded(lease.len(), disk_wait);
+                // Start the next read before handing this buffer out.
+                if let Err(e) = this.fill_pipeline() {
+                    return Poll::Ready(Some(Err(e)));
                 }
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_owner(lease)))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_none() && self.segments.iter().all(Segment::is_empty)
+        self.pending.is_empty() && self.segments.iter().all(Segment::is_empty)
     }
 
     fn size_hint(&self) -> SizeHint {

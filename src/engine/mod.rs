@@ -1,28 +1,38 @@
 //! The streaming engine: the one place where upload and download bytes are copied.
 //!
-//! Owns the tiered [`pool::BufferPool`], the sizing decision (which tier the next read or write
-//! uses), the upload pipeline (request body → pool buffers → SHA-256 + file writes on the
-//! blocking pool, overlapped with receiving the next buffer) and the download body (file →
-//! pool buffers → socket, positioned reads, never read-and-discard).
-//! Must not: know about routes, auth or protocols; hold whole bodies in memory.
+//! Owns the tiered [`pool::BufferPool`], the sizing decisions ([`adaptive`]: which tier the
+//! next read or write uses, from live per-transfer figures, the client's strategy and its
+//! history), the upload pipeline (request body → pool buffers → SHA-256 and file write running
+//! in parallel on the blocking pool, overlapped with receiving the next buffer) and the
+//! download body ([`body::FileBody`]: positioned reads into pool buffers with read-ahead).
+//! Must not: know about routes, auth or protocols; hold whole bodies in memory; run blocking
+//! file I/O on the async workers.
 
+pub mod adaptive;
 pub mod body;
+pub mod metrics;
 pub mod pool;
-pub mod sizing;
+mod transfer;
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use http_body::Body;
 use http_body_util::BodyExt;
-use prometheus::{HistogramOpts, HistogramVec, Registry};
+use prometheus::Registry;
 use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
 
+use crate::config::{EngineConfig, EngineMode};
+use adaptive::{History, Policy, Strategy};
 pub use body::{FileBody, Segment};
+pub use metrics::EngineMetrics;
 use pool::{BufferPool, Lease, PoolMetrics};
-pub use sizing::Sizer;
+use transfer::{Direction, Transfer};
 
 /// Why receiving a body failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,49 +49,38 @@ pub enum EngineError {
     Io(#[from] io::Error),
 }
 
-/// Engine metrics.
-#[derive(Clone)]
-pub struct EngineMetrics {
-    /// Chosen buffer sizes, by direction.
-    pub buffer_bytes: HistogramVec,
-    /// Per-transfer throughput, by direction.
-    pub throughput: HistogramVec,
+impl EngineError {
+    fn kind(&self) -> &'static str {
+        match self {
+            EngineError::TooLarge => "too_large",
+            EngineError::Short { .. } => "short",
+            EngineError::IdleTimeout => "idle_timeout",
+            EngineError::Client(_) => "client",
+            EngineError::Io(_) => "io",
+        }
+    }
 }
 
-impl EngineMetrics {
-    fn register(r: &Registry) -> prometheus::Result<Self> {
-        let buffer_bytes = HistogramVec::new(
-            HistogramOpts::new(
-                "sluice_engine_buffer_size_bytes",
-                "Buffer size chosen for each read or write",
-            )
-            .buckets(prometheus::exponential_buckets(4096.0, 2.0, 10)?),
-            &["direction"],
-        )?;
-        let throughput = HistogramVec::new(
-            HistogramOpts::new(
-                "sluice_engine_transfer_throughput_bytes_per_second",
-                "Throughput of each completed transfer",
-            )
-            .buckets(prometheus::exponential_buckets(16.0 * 1024.0, 4.0, 10)?),
-            &["direction"],
-        )?;
-        r.register(Box::new(buffer_bytes.clone()))?;
-        r.register(Box::new(throughput.clone()))?;
-        Ok(Self {
-            buffer_bytes,
-            throughput,
-        })
-    }
+/// Who is on the other end of a transfer (the sizing prior).
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub ip: Option<IpAddr>,
+    pub strategy: Strategy,
+}
+
+pub(crate) struct Shared {
+    pub policy: Policy,
+    pub history: Mutex<History>,
+    pub metrics: EngineMetrics,
 }
 
 /// The engine (cheap to clone).
 #[derive(Clone)]
 pub struct Engine {
     pool: BufferPool,
-    sizer: Sizer,
-    metrics: EngineMetrics,
+    shared: Arc<Shared>,
     idle_timeout: Duration,
+    read_ahead: usize,
 }
 
 /// Where received bytes go: a file positioned at its end, and the running SHA-256.
@@ -93,9 +92,14 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(file: File) -> Self {
+        Self::resume(file, Sha256::new())
+    }
+
+    /// Continue a hash over bytes already in `file` (resumable uploads).
+    pub fn resume(file: File, hasher: Sha256) -> Self {
         Self {
             file,
-            hasher: Sha256::new(),
+            hasher,
             written: 0,
         }
     }
@@ -110,20 +114,75 @@ pub struct Expect {
     pub max: u64,
 }
 
+fn to_usize(b: bytesize::ByteSize) -> usize {
+    usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
+}
+
+/// Buffers at most this large are hashed and written by one blocking task (two tasks cost
+/// more than they save on small buffers).
+const SPLIT_HASH_MIN: usize = 128 * 1024;
+
 impl Engine {
     pub fn new(
-        tiers: &[usize],
-        max_idle: usize,
-        cap: usize,
+        cfg: &EngineConfig,
         idle_timeout: Duration,
         registry: &Registry,
     ) -> prometheus::Result<Self> {
-        let pool = BufferPool::new(tiers, max_idle, cap, PoolMetrics::register(registry)?);
+        let tiers: Vec<usize> = cfg.tiers.iter().map(|t| to_usize(*t)).collect();
+        let pool = BufferPool::new(
+            &tiers,
+            cfg.max_idle_per_tier,
+            to_usize(cfg.memory_cap),
+            PoolMetrics::register(registry)?,
+        );
+        if cfg.preallocate_per_tier > 0 {
+            pool.preallocate(cfg.preallocate_per_tier);
+        }
+        let c = &cfg.clients;
+        let fixed = match cfg.mode {
+            EngineMode::Fixed => Some(
+                tiers
+                    .iter()
+                    .position(|&t| t == to_usize(cfg.fixed_buffer))
+                    .unwrap_or(0),
+            ),
+            EngineMode::Adaptive => None,
+        };
+        let policy = Policy {
+            tiers,
+            fixed,
+            target_buffer_time: cfg.target_buffer_time,
+            stall_threshold: cfg.stall_threshold,
+            quality_floors: [
+                cfg.quality.excellent.as_u64() as f64,
+                cfg.quality.good.as_u64() as f64,
+                cfg.quality.fair.as_u64() as f64,
+            ],
+            mobile_agents: c.mobile_agents.clone(),
+            server_agents: c.server_agents.clone(),
+            start_buffer: [
+                to_usize(c.mobile_start_buffer),
+                to_usize(c.desktop_start_buffer),
+                to_usize(c.server_start_buffer),
+            ],
+            start_chunk: [
+                c.mobile_chunk.as_u64(),
+                c.desktop_chunk.as_u64(),
+                c.server_chunk.as_u64(),
+            ],
+            chunk_target_time: c.chunk_target_time,
+            chunk_min: c.chunk_min.as_u64(),
+            chunk_max: c.chunk_max.as_u64(),
+        };
         Ok(Self {
-            sizer: Sizer::new(pool.tier_sizes()),
             pool,
-            metrics: EngineMetrics::register(registry)?,
+            shared: Arc::new(Shared {
+                policy,
+                history: Mutex::new(History::new(cfg.history_capacity, cfg.history_ttl)),
+                metrics: EngineMetrics::register(registry)?,
+            }),
             idle_timeout,
+            read_ahead: cfg.read_ahead,
         })
     }
 
@@ -131,30 +190,89 @@ impl Engine {
         &self.pool
     }
 
-    /// Stream `body` into `sink`: frames are copied into leased buffers; each full buffer is
-    /// hashed and written on the blocking pool while the next one fills. On any error the sink
-    /// is dropped with the error (callers own the staged file's cleanup).
-    pub async fn receive<B>(&self, body: B, sink: Sink, expect: Expect) -> Result<Sink, EngineError>
+    /// The sizing prior for a client.
+    pub fn client(&self, ip: Option<IpAddr>, user_agent: Option<&str>) -> Client {
+        Client {
+            ip,
+            strategy: self.shared.policy.classify(user_agent),
+        }
+    }
+
+    fn history_rate(&self, c: &Client) -> Option<f64> {
+        let ip = c.ip?;
+        self.shared.history.lock().ok()?.get(ip, Instant::now())
+    }
+
+    /// Chunk size to advise a resumable-upload client (tus, IETF `Upload-Limit`, chunked).
+    pub fn chunk_advice(&self, c: &Client) -> u64 {
+        self.shared
+            .policy
+            .chunk_advice(c.strategy, self.history_rate(c))
+    }
+
+    /// Stream `body` into `sink`. Frames are copied into leased buffers; each full buffer is
+    /// hashed and written on the blocking pool (in parallel when large) while the next one
+    /// fills. The buffer size follows the transfer's live figures. On error the sink is
+    /// dropped (callers own the staged file's cleanup).
+    pub async fn receive<B>(
+        &self,
+        body: B,
+        sink: Sink,
+        expect: Expect,
+        client: &Client,
+    ) -> Result<Sink, EngineError>
     where
         B: Body + Unpin,
         B::Error: std::fmt::Display,
     {
-        let started = Instant::now();
+        let r = self.receive_inner(body, sink, expect, client).await;
+        match &r {
+            Ok(s) => self.shared.metrics.append_bytes.observe(s.written as f64),
+            Err(e) => self
+                .shared
+                .metrics
+                .errors
+                .with_label_values(&["upload", e.kind()])
+                .inc(),
+        }
+        r
+    }
+
+    async fn receive_inner<B>(
+        &self,
+        body: B,
+        sink: Sink,
+        expect: Expect,
+        client: &Client,
+    ) -> Result<Sink, EngineError>
+    where
+        B: Body + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let mut body = body;
-        let tier = self.sizer.tier_for_len(expect.exact);
-        let mut buf = self.pool.lease(tier).await;
-        // Exactly one of `idle` / `in_flight` holds the sink at any time.
-        let mut idle: Option<Sink> = Some(sink);
-        let mut in_flight: Option<WriteTask> = None;
-        let mut spare: Option<Lease> = None;
+        let start =
+            self.shared
+                .policy
+                .start_tier(client.strategy, self.history_rate(client), expect.exact);
+        let mut transfer = Transfer::new(self.shared.clone(), Direction::Upload, *client, start);
+        let mut pipe = WritePipe::new(sink);
+        // `None` between handing a full buffer to the pipe and leasing the next one, so a
+        // transfer waiting at the memory cap holds only the buffer being written (which frees
+        // itself): no deadlock when many transfers meet the cap at once.
+        let mut buf: Option<Lease> = None;
+        let mut tier = transfer.tier();
         let mut received: u64 = 0;
+        let mut buf_started = Instant::now();
+        let mut longest_wait = Duration::ZERO;
         loop {
+            let waited = Instant::now();
             let frame = match tokio::time::timeout(self.idle_timeout, body.frame()).await {
                 Err(_) => return Err(EngineError::IdleTimeout),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(EngineError::Client(e.to_string())),
                 Ok(Some(Ok(f))) => f,
             };
+            longest_wait = longest_wait.max(waited.elapsed());
             let Ok(mut data) = frame.into_data() else {
                 continue; // trailers carry no file bytes
             };
@@ -163,20 +281,21 @@ impl Engine {
                 return Err(EngineError::TooLarge);
             }
             while data.has_remaining() {
-                let n = buf.fill_from(data.chunk());
+                let b = match &mut buf {
+                    Some(b) => b,
+                    None => buf.insert(self.pool.lease(tier).await),
+                };
+                let n = b.fill_from(data.chunk());
                 data.advance(n);
-                if buf.is_full() {
-                    let s = take_sink(&mut idle, &mut in_flight, &mut spare).await?;
-                    let next = match spare.take() {
-                        Some(l) => l,
-                        None => self.pool.lease(tier).await,
-                    };
-                    let full = std::mem::replace(&mut buf, next);
-                    self.metrics
-                        .buffer_bytes
-                        .with_label_values(&["upload"])
-                        .observe(full.len() as f64);
-                    in_flight = Some(spawn_write(s, full));
+                if b.is_full() {
+                    let active = buf_started.elapsed();
+                    let disk_wait = pipe.ready().await?;
+                    if let Some(full) = buf.take() {
+                        tier = transfer.observe(full.len(), active, longest_wait, disk_wait);
+                        pipe.dispatch(full);
+                    }
+                    buf_started = Instant::now();
+                    longest_wait = Duration::ZERO;
                 }
             }
         }
@@ -188,81 +307,129 @@ impl Engine {
                 });
             }
         }
-        let mut sink = take_sink(&mut idle, &mut in_flight, &mut spare).await?;
-        if !buf.is_empty() {
-            self.metrics
-                .buffer_bytes
-                .with_label_values(&["upload"])
-                .observe(buf.len() as f64);
-            sink = join(spawn_write(sink, buf)).await?.0;
+        if let Some(last) = buf.take().filter(|b| !b.is_empty()) {
+            let active = buf_started.elapsed();
+            let disk_wait = pipe.ready().await?;
+            transfer.observe(last.len(), active, longest_wait, disk_wait);
+            pipe.dispatch(last);
         }
-        self.observe_throughput("upload", received, started.elapsed());
-        Ok(sink)
+        pipe.finish().await
     }
 
     /// A response body that streams `segments`, reading file parts from `file` with positioned
-    /// reads into leased buffers.
-    /// `guard` lives as long as the body (e.g. an in-flight gauge), so a client that goes away
-    /// mid-download still releases it.
+    /// reads into leased buffers, `read_ahead` reads ahead of the socket. `guard` lives as long
+    /// as the body (e.g. an in-flight gauge), so a client that goes away mid-download still
+    /// releases it.
     pub fn send(
         &self,
         file: Option<File>,
         segments: Vec<Segment>,
         guard: Option<crate::metrics::GaugeGuard>,
+        client: &Client,
     ) -> FileBody {
         let total: u64 = segments.iter().map(Segment::len).sum();
-        let tier = self.sizer.tier_for_len(Some(total));
+        let start =
+            self.shared
+                .policy
+                .start_tier(client.strategy, self.history_rate(client), Some(total));
+        let transfer = Transfer::new(self.shared.clone(), Direction::Download, *client, start);
         FileBody::new(
             self.pool.clone(),
-            tier,
+            transfer,
             file,
             segments,
-            self.metrics.clone(),
+            self.read_ahead,
             guard,
         )
     }
+}
 
-    fn observe_throughput(&self, dir: &str, bytes: u64, took: Duration) {
-        let secs = took.as_secs_f64().max(1e-6);
-        self.metrics
-            .throughput
-            .with_label_values(&[dir])
-            .observe(bytes as f64 / secs);
+type HashTask = JoinHandle<Sha256>;
+type WriteTask = JoinHandle<io::Result<File>>;
+type BothTask = JoinHandle<io::Result<(File, Sha256)>>;
+
+/// The upload's disk side: at most one hash and one write in flight, in order.
+struct WritePipe {
+    file: Option<File>,
+    hasher: Option<Sha256>,
+    written: u64,
+    hash_task: Option<HashTask>,
+    write_task: Option<WriteTask>,
+    both_task: Option<BothTask>,
+}
+
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, EngineError> {
+    r.map_err(|e| EngineError::Io(io::Error::other(e)))
+}
+
+impl WritePipe {
+    fn new(sink: Sink) -> Self {
+        Self {
+            file: Some(sink.file),
+            hasher: Some(sink.hasher),
+            written: sink.written,
+            hash_task: None,
+            write_task: None,
+            both_task: None,
+        }
     }
-}
 
-type WriteTask = tokio::task::JoinHandle<io::Result<(Sink, Lease)>>;
-
-/// Get the sink back: from the finished background write (keeping its buffer as `spare`) or
-/// from `idle`.
-async fn take_sink(
-    idle: &mut Option<Sink>,
-    in_flight: &mut Option<WriteTask>,
-    spare: &mut Option<Lease>,
-) -> Result<Sink, EngineError> {
-    if let Some(h) = in_flight.take() {
-        let (s, mut old) = join(h).await?;
-        old.clear();
-        *spare = Some(old);
-        return Ok(s);
+    /// Wait until the previous buffer is hashed and written; returns how long that took.
+    async fn ready(&mut self) -> Result<Duration, EngineError> {
+        let t = Instant::now();
+        if let Some(h) = self.both_task.take() {
+            let (f, h) = joined(h.await)??;
+            self.file = Some(f);
+            self.hasher = Some(h);
+        }
+        if let Some(h) = self.hash_task.take() {
+            self.hasher = Some(joined(h.await)?);
+        }
+        if let Some(w) = self.write_task.take() {
+            self.file = Some(joined(w.await)??);
+        }
+        Ok(t.elapsed())
     }
-    idle.take()
-        .ok_or_else(|| EngineError::Io(io::Error::other("engine lost its sink")))
-}
 
-fn spawn_write(mut sink: Sink, buf: Lease) -> WriteTask {
-    tokio::task::spawn_blocking(move || {
-        let data = buf.as_ref();
-        sink.hasher.update(data);
-        sink.file.write_all(data)?;
-        sink.written += data.len() as u64;
-        Ok((sink, buf))
-    })
-}
+    /// Hand a full buffer to the blocking pool. Call [`WritePipe::ready`] first.
+    fn dispatch(&mut self, buf: Lease) {
+        let (Some(mut file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
+            // ready() was not awaited: a programming error; keep the data path honest.
+            self.both_task = Some(tokio::task::spawn_blocking(|| {
+                Err(io::Error::other("engine write pipeline misuse"))
+            }));
+            return;
+        };
+        self.written += buf.len() as u64;
+        if buf.len() < SPLIT_HASH_MIN {
+            self.both_task = Some(tokio::task::spawn_blocking(move || {
+                hasher.update(buf.as_ref());
+                file.write_all(buf.as_ref())?;
+                Ok((file, hasher))
+            }));
+        } else {
+            let shared = Arc::new(buf);
+            let for_hash = shared.clone();
+            self.hash_task = Some(tokio::task::spawn_blocking(move || {
+                hasher.update(for_hash.as_ref().as_ref());
+                hasher
+            }));
+            self.write_task = Some(tokio::task::spawn_blocking(move || {
+                file.write_all(shared.as_ref().as_ref())?;
+                Ok(file)
+            }));
+        }
+    }
 
-async fn join(h: WriteTask) -> Result<(Sink, Lease), EngineError> {
-    match h.await {
-        Ok(r) => Ok(r?),
-        Err(e) => Err(EngineError::Io(io::Error::other(e))),
+    async fn finish(mut self) -> Result<Sink, EngineError> {
+        self.ready().await?;
+        match (self.file.take(), self.hasher.take()) {
+            (Some(file), Some(hasher)) => Ok(Sink {
+                file,
+                hasher,
+                written: self.written,
+            }),
+            _ => Err(EngineError::Io(io::Error::other("engine lost its sink"))),
+        }
     }
 }

@@ -112,8 +112,9 @@ async fn accept_loop(
         let state = state.clone();
         let builder = builder.clone();
         let conn_state = state.clone();
-        let svc = service_fn(move |req| {
+        let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let state = conn_state.clone();
+            req.extensions_mut().insert(crate::router::PeerAddr(peer));
             async move { Ok::<_, Infallible>(crate::router::handle(state, req).await) }
         });
         let conn = builder

@@ -102,6 +102,7 @@ async fn handle_inner(
         now: std::time::SystemTime::now(),
     })?;
     let content_type = super::stored_content_type(req.headers(), path.file_name());
+    let client = crate::router::client_of(state, &req);
 
     // Early conflict check (cheap; the commit re-checks atomically).
     let storage = state.storage.clone();
@@ -128,6 +129,7 @@ async fn handle_inner(
                 exact: Some(len),
                 max,
             },
+            &client,
         )
         .await
         .map_err(|e| match e {

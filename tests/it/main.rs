@@ -5,5 +5,6 @@
 mod clients;
 mod common;
 mod download;
+mod engine;
 mod put;
 mod server;
