@@ -107,7 +107,13 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- helpers
 say() { printf '%s\n' "$*"; }
-show() { printf '$'; printf ' %q' "$@"; printf '\n'; }
+show() { # print a command so that it can be pasted into a shell
+  local a out='$'
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then out+=" $a"; else out+=" '${a//\'/\'\\\'\'}'"; fi
+  done
+  printf '%s\n' "$out"
+}
 err() {
   printf 'ERROR: %s\n' "$*"
   ERRORS=$((ERRORS + 1))
@@ -160,6 +166,7 @@ FACTS=$WORK/facts.md
 say "== Sluice vs nginx, $(date -u '+%Y-%m-%d %H:%M UTC')"
 cat "$FACTS"
 say "- work dir: $WORK"
+say "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (the machine should be otherwise idle)"
 T_START=$(date +%s)
 
 # ---------------------------------------------------------------- test files
@@ -321,7 +328,7 @@ bulk_get() { # server streams
   local srv=$1 n=$2 i t0 t1 url
   url="$(base "$srv")/upload/bench/$BIG"
   show curl -sS -o /dev/null -w '%{http_code} %{size_download}' "$url"
-  say "  ($n in parallel, wall time from the first start to the last exit)"
+  say "  ($n stream(s) at once, wall time from the first start to the last exit)"
   local pids=()
   t0=$(now_ns)
   for i in $(seq "$n"); do
@@ -348,7 +355,7 @@ bulk_put() { # server streams round
     urls+=("$(base "$srv")/upload/$path?v=$(mac "$path" "$BIG_BYTES")")
   done
   show curl -sS -o /dev/null -w '%{http_code}' -T "$SRC/$BIG" "${urls[0]}"
-  say "  ($n in parallel to $prefix/1..$n.bin, each signed, wall time)"
+  say "  ($n stream(s) at once to $prefix/1..$n.bin, each signed, wall time)"
   sync
   t0=$(now_ns)
   for i in $(seq "$n"); do
@@ -466,7 +473,7 @@ ROWS=$WORK/rows.tsv
   printf 'peak RSS MiB (sluice fsync instance, PUT cases only)\trss\tnginx\tsluice-fsync\n'
 } >"$ROWS"
 T_END=$(date +%s)
-say "- run time: $((T_END - T_START)) s" >>"$FACTS"
+say "- run time: $((T_END - T_START)) s; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$FACTS"
 say
 say "== results (medians of $ROUNDS round(s); run time $((T_END - T_START)) s)"
 report=("${LIB[@]}" report "$RES" "$ROWS")

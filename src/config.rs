@@ -32,7 +32,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("invalid config: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(String),
     #[error("invalid config: {0}")]
     Invalid(String),
     #[error("secret {id}: {reason}")]
@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Cap on concurrently open connections (further accepts wait).
     pub max_connections: usize,
+    /// A refused upload whose declared body is at most this large is read and discarded, so
+    /// the refusal reaches the client (and proxies) intact; larger ones close the connection.
+    pub drain_limit: ByteSize,
     /// Behind a reverse proxy: take the client address for per-client sizing history from the
     /// last `X-Forwarded-For` entry. Used for buffer sizing only, never for authorisation.
     pub trust_forwarded_for: bool,
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             max_header_size: ByteSize::kib(16),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 4096,
+            drain_limit: ByteSize::mib(64),
             trust_forwarded_for: false,
         }
     }
@@ -411,7 +415,7 @@ pub struct Settings {
 impl Config {
     /// Parse TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

@@ -90,9 +90,12 @@ fn main() -> Result<()> {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -197,8 +200,8 @@ ejabberd (mod_http_upload):
 
     modules:
       mod_http_upload:
-        put_url: "{base}/@HOST@"
-        get_url: "{base}/@HOST@"
+        put_url: "{base}"
+        get_url: "{base}"
         external_secret: "{secret}"
         max_size: {max}
 

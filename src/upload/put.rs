@@ -1,7 +1,8 @@
 //! XEP-0363 PUT (protocols.md §1.5): 411 without Content-Length, 413 from the declared length
 //! and while streaming, 403/401 for grants, 409 without ever overwriting, 400 for a short body
 //! (nothing published), 201 on success. Every refusal happens before the body is read, so an
-//! `Expect: 100-continue` client gets the final status instead of `100 Continue`.
+//! `Expect: 100-continue` client gets the final status instead of `100 Continue`; other
+//! clients' bodies are drained (bounded) so the refusal reaches them intact.
 
 use std::sync::Arc;
 
@@ -16,13 +17,86 @@ use crate::response::{empty, ResBody};
 use crate::state::AppState;
 use crate::storage::{FileMeta, StoredPath};
 
-fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
+pub async fn handle(
+    state: &Arc<AppState>,
+    raw_path: &str,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, ApiError> {
+    let http1 = req.version() < http::Version::HTTP_2;
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let client = crate::router::client_of(state, &req);
+    let (parts, body) = req.into_parts();
+    let result = match prepare(state, raw_path, &parts).await {
+        Ok(prep) => receive_and_commit(state, prep, body, &client).await,
+        Err(e) => {
+            // Refused before reading the body. A client that waits for 100-continue never
+            // sends it; others are already sending. Draining (bounded) instead of closing lets
+            // the response reach them and keeps reverse proxies (nginx with request buffering
+            // off) from turning our 403/409 into a 502 on a broken pipe.
+            let declared = declared_len(&parts).unwrap_or(None);
+            let small_enough =
+                declared.is_some_and(|n| n <= state.config.server.drain_limit.as_u64());
+            if !expects_continue && small_enough && !matches!(e, ApiError::TooLarge { .. }) {
+                drain_in_background(body, state.config.server.body_idle_timeout);
+                Err((e, false))
+            } else {
+                Err((e, true))
+            }
+        }
+    };
+    let label = match &result {
+        Ok(_) => "created",
+        Err((ApiError::Auth(a), _)) => {
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[a.reason()])
+                .inc();
+            "unauthorized"
+        }
+        Err((ApiError::Exists | ApiError::PathConflict, _)) => "conflict",
+        Err((ApiError::TooLarge { .. }, _)) => "too_large",
+        Err((ApiError::ShortBody { .. } | ApiError::ClientGone | ApiError::BodyTimeout, _)) => {
+            "aborted"
+        }
+        Err(_) => "rejected",
+    };
+    state.metrics.uploads.with_label_values(&[label]).inc();
+    result.or_else(|(e, close)| {
+        let mut res = e.into_response();
+        if http1 && close {
+            // The body is left unread: tell the client not to reuse the connection (hyper
+            // closes it), so a pooled client does not send its next request into it.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(res)
+    })
 }
 
-/// Declared length: `None` when absent; an error when malformed or duplicated.
-fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
-    let mut values = req.headers().get_all(header::CONTENT_LENGTH).iter();
+/// Read and discard a refused request's body in the background, up to its declared length,
+/// giving up after `idle` without data.
+fn drain_in_background(mut body: Incoming, idle: std::time::Duration) {
+    tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(idle, body.frame()).await {}
+    });
+}
+
+/// What `prepare` established before any body byte is read.
+struct Prepared {
+    path: StoredPath,
+    len: u64,
+    max: u64,
+    grant: crate::auth::Grant,
+    content_type: String,
+}
+
+fn declared_len(parts: &http::request::Parts) -> Result<Option<u64>, ApiError> {
+    let mut values = parts.headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = values.next() else {
         return Ok(None);
     };
@@ -38,54 +112,27 @@ fn content_length(req: &Request<Incoming>) -> Result<Option<u64>, ApiError> {
         .ok_or(ApiError::BadRequest("Content-Length is not a number"))
 }
 
-pub async fn handle(
-    state: &Arc<AppState>,
-    raw_path: &str,
-    req: Request<Incoming>,
-) -> Result<Response<ResBody>, ApiError> {
-    let http1 = req.version() < http::Version::HTTP_2;
-    let result = handle_inner(state, raw_path, req).await;
-    let label = match &result {
-        Ok(_) => "created",
-        Err(ApiError::Auth(a)) => {
-            state
-                .metrics
-                .auth_failures
-                .with_label_values(&[a.reason()])
-                .inc();
-            "unauthorized"
-        }
-        Err(ApiError::Exists | ApiError::PathConflict) => "conflict",
-        Err(ApiError::TooLarge { .. }) => "too_large",
-        Err(ApiError::ShortBody { .. } | ApiError::ClientGone | ApiError::BodyTimeout) => "aborted",
-        Err(_) => "rejected",
-    };
-    state.metrics.uploads.with_label_values(&[label]).inc();
-    // A refused PUT usually leaves its body unread: tell HTTP/1 clients not to reuse the
-    // connection (hyper closes it), so a pooled client does not send its next request into it.
-    result.or_else(|e| {
-        let mut res = e.into_response();
-        if http1 {
-            res.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        Ok(res)
-    })
+fn header_str(parts: &http::request::Parts, name: header::HeaderName) -> Option<&str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn handle_inner(
-    state: &Arc<AppState>,
+/// Every check that needs no body: length, path rules, grant, conflict.
+async fn prepare(
+    state: &AppState,
     raw_path: &str,
-    req: Request<Incoming>,
-) -> Result<Response<ResBody>, ApiError> {
+    parts: &http::request::Parts,
+) -> Result<Prepared, ApiError> {
     let max = state.config.storage.max_file_size.as_u64();
-    // No Content-Length: a body whose end is already known to be empty (HTTP/1.1 without
-    // Transfer-Encoding, RFC 9112 §6.3; HTTP/2 with END_STREAM on the headers) has length 0;
-    // a chunked / streamed body of unknown length is refused (XEP-0363 clients always send a
-    // fixed length).
-    let len = match content_length(&req)? {
+    // No Content-Length and no Transfer-Encoding: an HTTP/1.1 request without a body (RFC 9112
+    // §6.3), i.e. length 0. A chunked body of unknown length is refused: XEP-0363 clients
+    // always send a fixed length.
+    let len = match declared_len(parts)? {
         Some(n) => n,
-        None if http_body::Body::size_hint(req.body()).exact() == Some(0) => 0,
+        None if !parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && parts.version < http::Version::HTTP_2 =>
+        {
+            0
+        }
         None => return Err(ApiError::LengthRequired),
     };
     if len > max {
@@ -93,48 +140,65 @@ async fn handle_inner(
     }
     let path = StoredPath::parse(raw_path, &state.upload_rules)?;
     let grant = state.auth.authorize(&GrantRequest {
-        method: req.method().as_str(),
+        method: parts.method.as_str(),
         path: path.as_str(),
-        query: req.uri().query(),
+        query: parts.uri.query(),
         content_length: len,
-        content_type: header_str(&req, header::CONTENT_TYPE),
-        authorization: header_str(&req, header::AUTHORIZATION),
+        content_type: header_str(parts, header::CONTENT_TYPE),
+        authorization: header_str(parts, header::AUTHORIZATION),
         now: std::time::SystemTime::now(),
     })?;
-    let content_type = super::stored_content_type(req.headers(), path.file_name());
-    let client = crate::router::client_of(state, &req);
-
-    // Early conflict check (cheap; the commit re-checks atomically).
-    let storage = state.storage.clone();
-    let (p2, s2) = (path.clone(), storage.clone());
-    let mut staged = tokio::task::spawn_blocking(move || {
-        if s2.exists(&p2) {
-            return Err(ApiError::Exists);
-        }
-        s2.stage().map_err(ApiError::from)
+    // Early conflict check (the commit re-checks atomically).
+    let (storage, p2) = (state.storage.clone(), path.clone());
+    if tokio::task::spawn_blocking(move || storage.exists(&p2))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        return Err(ApiError::Exists);
+    }
+    let content_type = super::stored_content_type(&parts.headers, path.file_name());
+    Ok(Prepared {
+        path,
+        len,
+        max,
+        grant,
+        content_type,
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+}
 
+async fn receive_and_commit(
+    state: &Arc<AppState>,
+    prep: Prepared,
+    body: Incoming,
+    client: &crate::engine::Client,
+) -> Result<Response<ResBody>, (ApiError, bool)> {
+    let close = |e: ApiError| (e, true);
+    let storage = state.storage.clone();
+    let s2 = storage.clone();
+    let mut staged = tokio::task::spawn_blocking(move || s2.stage())
+        .await
+        .map_err(|e| close(ApiError::Internal(e.to_string())))?
+        .map_err(|e| close(e.into()))?;
     let _in_flight = GaugeGuard::new(&state.metrics.uploads_in_flight);
     let file = staged
         .take_file()
-        .ok_or_else(|| ApiError::Internal("staged file missing".into()))?;
+        .ok_or_else(|| close(ApiError::Internal("staged file missing".into())))?;
+    let len = prep.len;
     let sink = state
         .engine
         .receive(
-            req.into_body(),
+            body,
             Sink::new(file),
             Expect {
                 exact: Some(len),
-                max,
+                max: prep.max,
             },
-            &client,
+            client,
         )
         .await
         .map_err(|e| match e {
-            EngineError::TooLarge => ApiError::TooLarge { max: len },
-            other => ApiError::from(other),
+            EngineError::TooLarge => close(ApiError::TooLarge { max: len }),
+            other => close(ApiError::from(other)),
         })?;
     state.metrics.upload_bytes.inc_by(sink.written);
     let sha256 = hex::encode(sha2::Digest::finalize(sink.hasher));
@@ -142,16 +206,18 @@ async fn handle_inner(
     let meta = FileMeta {
         size: len,
         sha256: sha256.clone(),
-        content_type,
+        content_type: prep.content_type,
         uploaded_at: super::unix_now(),
-        uploader: grant.uploader,
+        uploader: prep.grant.uploader,
     };
+    let path = prep.path;
     tokio::task::spawn_blocking(move || storage.commit(staged, &path, &meta))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        .map_err(|e| (ApiError::Internal(e.to_string()), false))?
+        .map_err(|e| (e.into(), false))?;
     tracing::info!(
         bytes = len,
-        mode = crate::auth::mode_name(grant.mode),
+        mode = crate::auth::mode_name(prep.grant.mode),
         "stored"
     );
 

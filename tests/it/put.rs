@@ -584,6 +584,47 @@ async fn expect_100_continue_rejects_early_and_accepts() {
 }
 
 #[tokio::test]
+async fn refused_upload_body_is_drained_and_connection_reused() {
+    let s = TestServer::start().await;
+    let mut c = s.connect().await;
+    write(
+        &mut c,
+        b"PUT /upload/a/d.bin?v=00 HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n",
+    )
+    .await;
+    write(&mut c, &[0u8; 100_000]).await;
+    // The refusal (head and one-line reason) arrives while the client is still sending...
+    let resp = read_until(&mut c, "does not match\n").await;
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    // ...the rest of the body is accepted (no broken pipe), and the connection still serves.
+    write(&mut c, &[0u8; 100_000]).await;
+    write(&mut c, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let resp = read_until(&mut c, "ok").await;
+    assert!(resp.contains("HTTP/1.1 200"), "{resp}");
+    assert_eq!(s.get_bytes("a/d.bin").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn refused_upload_over_drain_limit_closes() {
+    let s = TestServer::start_with(|c| c.server.drain_limit = bytesize::ByteSize::kib(64)).await;
+    let resp = raw_request(
+        &s,
+        "PUT /upload/a/d.bin?v=00 HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+}
+
+#[tokio::test]
 async fn idle_body_is_cut_off_and_cleaned() {
     let s = TestServer::start_with(|c| {
         c.server.body_idle_timeout = std::time::Duration::from_millis(500)
