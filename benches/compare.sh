@@ -141,6 +141,30 @@ remove_prefix() { # server prefix: delete uploaded benchmark files behind the se
     *) rm -rf "$WORK/$1/store/files/$2" "$WORK/$1/store/meta/$2" ;;
   esac
 }
+# CPU accounting, to tell whether something else on the machine competed with the benchmark:
+# busy ticks of the whole machine minus those of this script, its reaped children (wrk, curl)
+# and the live servers. Kernel writeback of our own uploads also counts as "other".
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+own_ticks() {
+  local t p
+  t=$(sed 's/.*) //' "/proc/$$/stat" | awk '{ print $12 + $13 + $14 + $15 }')
+  for p in "${PID[@]}" $(pgrep -P "${PID[nginx]:-0}" 2>/dev/null || true); do
+    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 } END { if (!NR) print 0 }')))
+  done
+  printf '%s' "$t"
+}
+HZ=$(getconf CLK_TCK)
+NCPU=$(nproc)
+OTHER_MAX=0
+cpu_mark() { MARK_BUSY=$(busy_ticks) MARK_OWN=$(own_ticks) MARK_NS=$(now_ns); }
+cpu_report() { # case label: print the share of all CPUs used by other processes since cpu_mark
+  local busy own ns pct
+  busy=$(($(busy_ticks) - MARK_BUSY)) own=$(($(own_ticks) - MARK_OWN)) ns=$(($(now_ns) - MARK_NS))
+  pct=$(awk -v b="$busy" -v o="$own" -v ns="$ns" -v hz="$HZ" -v n="$NCPU" \
+    'BEGIN { x = (b - o) / (ns / 1e9 * hz * n) * 100; if (x < 0) x = 0; printf "%.0f", x }')
+  say "  other processes used ${pct}% of the CPUs during this case"
+  [ "$pct" -le "$OTHER_MAX" ] || OTHER_MAX=$pct
+}
 wait_ready() { # server url
   local i code
   for i in $(seq 100); do
@@ -303,16 +327,19 @@ say
 say "== case 1: GET 4 KiB, wrk"
 for c in 1 16 128; do
   say "  -- concurrency $c"
+  cpu_mark
   for r in $(seq "$ROUNDS"); do
     for srv in nginx sluice; do
       run_wrk "get4k_c$c" "$srv" "$c" "$(base "$srv")/upload/bench/f4k.bin"
     done
   done
+  cpu_report
 done
 alive nginx sluice
 
 say
 say "== case 2: Range GET 64 KiB at random aligned offsets of the 64 MiB file, concurrency 16"
+cpu_mark
 for r in $(seq "$ROUNDS"); do
   for srv in nginx sluice; do
     run_wrk range64k "$srv" 16 -s "$HERE/range.lua" "$(base "$srv")/upload/bench/f64m.bin" -- "$MID_BYTES" "$RANGE_BLOCK"
@@ -321,6 +348,7 @@ for r in $(seq "$ROUNDS"); do
     fi
   done
 done
+cpu_report
 alive nginx sluice
 
 # ---------------------------------------------------------------- bulk GET / PUT with curl
@@ -384,26 +412,31 @@ bulk_put() { # server streams round
 
 say
 say "== case 3: GET $BIG_LABEL, curl -o /dev/null, 1 and 4 parallel streams (wall time)"
+cpu_mark
 for n in 1 4; do
   say "  -- $n stream(s)"
   for r in $(seq "$ROUNDS"); do
     for srv in nginx sluice; do bulk_get "$srv" "$n"; done
   done
 done
+cpu_report
 alive nginx sluice
 
 say
 say "== case 4: PUT $BIG_LABEL, curl -T, 1 and 4 parallel streams, unique names (sync before, delete + sync after)"
+cpu_mark
 for n in 1 4; do
   say "  -- $n stream(s)"
   for r in $(seq "$ROUNDS"); do
     for srv in nginx sluice sluice-fsync; do bulk_put "$srv" "$n" "$r"; done
   done
 done
+cpu_report
 alive nginx sluice sluice-fsync
 
 say
 say "== case 5: PUT 4 KiB, wrk with pre-signed unique URLs (put.lua), concurrency 16"
+cpu_mark
 for r in $(seq "$ROUNDS"); do
   for srv in nginx sluice sluice-fsync; do
     prefix="p4k/$srv-r$r"
@@ -413,6 +446,7 @@ for r in $(seq "$ROUNDS"); do
     sync
   done
 done
+cpu_report
 alive nginx sluice sluice-fsync
 
 # ---------------------------------------------------------------- peak RSS
@@ -473,7 +507,10 @@ ROWS=$WORK/rows.tsv
   printf 'peak RSS MiB (sluice fsync instance, PUT cases only)\trss\tnginx\tsluice-fsync\n'
 } >"$ROWS"
 T_END=$(date +%s)
-say "- run time: $((T_END - T_START)) s; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$FACTS"
+say "- run time: $((T_END - T_START)) s; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); other processes used at most ${OTHER_MAX}% of the CPUs during a case" >>"$FACTS"
+if [ "$OTHER_MAX" -gt 10 ]; then
+  say "WARNING: other processes used up to ${OTHER_MAX}% of the CPUs during a case: the numbers are disturbed, rerun on a quiet machine"
+fi
 say
 say "== results (medians of $ROUNDS round(s); run time $((T_END - T_START)) s)"
 report=("${LIB[@]}" report "$RES" "$ROWS")

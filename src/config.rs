@@ -49,6 +49,7 @@ pub struct Config {
     pub download: DownloadConfig,
     pub cors: CorsConfig,
     pub engine: EngineConfig,
+    pub resumable: ResumableConfig,
 }
 
 /// `[server]`: listeners, timeouts and limits of the HTTP layer.
@@ -231,6 +232,38 @@ impl Default for CorsConfig {
             allow_origins: vec!["*".to_owned()],
             allow_credentials: false,
             max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[resumable]`: upload sessions behind tus 1.0, the IETF resumable-upload draft and the
+/// hmac-file-server chunked protocol.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumableConfig {
+    pub enabled: bool,
+    /// An unfinished session expires this long after its last append (or creation); the
+    /// sweeper then deletes its data. Finished sessions answer HEAD for this long too.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Cap on open sessions (creation beyond it: 503).
+    pub max_sessions: usize,
+    /// How often the sweeper looks for expired sessions.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Allow creating sessions without any grant (files land under `anonymous/`). Off by
+    /// default: every creation needs the same grant as a PUT of the target.
+    pub allow_anonymous: bool,
+}
+
+impl Default for ResumableConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_ttl: Duration::from_secs(24 * 3600),
+            max_sessions: 10_000,
+            sweep_interval: Duration::from_secs(60),
+            allow_anonymous: false,
         }
     }
 }
@@ -473,6 +506,9 @@ impl Config {
                     "storage extension {ext:?} must be a bare extension like \"jpg\""
                 ));
             }
+        }
+        if self.resumable.max_sessions == 0 || self.resumable.sweep_interval.is_zero() {
+            return bad("resumable: max_sessions and sweep_interval must be positive".into());
         }
         if self.download.max_ranges == 0 {
             return bad("download.max_ranges must be at least 1".into());

@@ -38,6 +38,22 @@ pub enum ApiError {
     ClientGone,
     #[error("storage is full")]
     NoSpace,
+    #[error("unknown upload session")]
+    SessionNotFound,
+    #[error("upload session has expired or was terminated")]
+    SessionGone,
+    #[error("too many open upload sessions; try again later")]
+    TooManySessions,
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("{0}")]
+    PreconditionFailed(&'static str),
+    #[error("checksum of the appended data does not match; the data was discarded")]
+    ChecksumMismatch,
+    #[error("a newer request for this upload took over")]
+    Superseded,
     #[error("internal error")]
     Internal(String),
 }
@@ -75,6 +91,16 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::ClientGone => StatusCode::BAD_REQUEST,
             ApiError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::SessionNotFound => StatusCode::NOT_FOUND,
+            ApiError::SessionGone => StatusCode::GONE,
+            ApiError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) | ApiError::Superseded => StatusCode::CONFLICT,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            // tus checksum extension: 460 Checksum Mismatch.
+            ApiError::ChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,6 +148,7 @@ impl From<EngineError> for ApiError {
             EngineError::Short { received, expected } => ApiError::ShortBody { received, expected },
             EngineError::IdleTimeout => ApiError::BodyTimeout,
             EngineError::Client(_) => ApiError::ClientGone,
+            EngineError::Cancelled => ApiError::Superseded,
             EngineError::Io(io) => ApiError::from(StorageError::from(io)),
         }
     }

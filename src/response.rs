@@ -35,11 +35,16 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResBody> {
 }
 
 /// Methods and headers advertised to browsers.
-pub const CORS_METHODS: &str = "OPTIONS, HEAD, GET, PUT";
-pub const CORS_ALLOW_HEADERS: &str =
-    "Authorization, Content-Type, Range, If-Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since";
-pub const CORS_EXPOSE_HEADERS: &str =
-    "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified, Accept-Ranges, Location";
+pub const CORS_METHODS: &str = "OPTIONS, HEAD, GET, PUT, POST, PATCH, DELETE";
+pub const CORS_ALLOW_HEADERS: &str = "Authorization, Content-Type, Range, If-Range, If-Match, \
+If-None-Match, If-Modified-Since, If-Unmodified-Since, Tus-Resumable, Upload-Length, \
+Upload-Offset, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Checksum, \
+X-HTTP-Method-Override, Upload-Complete, Upload-Incomplete, Upload-Draft-Interop-Version, \
+X-Filename, X-Total-Size, X-Upload-Session-ID, X-Chunk-Number";
+pub const CORS_EXPOSE_HEADERS: &str = "Content-Length, Content-Range, Content-Disposition, ETag, \
+Last-Modified, Accept-Ranges, Location, Upload-Offset, Upload-Length, Upload-Metadata, \
+Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, \
+Upload-Limit, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm";
 
 /// The `Access-Control-Allow-Origin` value for a request's Origin, if it is allowed.
 pub fn allowed_origin(cfg: &CorsConfig, origin: Option<&HeaderValue>) -> Option<HeaderValue> {

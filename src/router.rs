@@ -43,8 +43,25 @@ pub fn client_of<B>(state: &AppState, req: &Request<B>) -> crate::engine::Client
 pub enum Route {
     Health,
     Metrics,
-    /// CORS preflight (any path).
-    Preflight,
+    /// CORS preflight (any path); `tus` when under `/tus` (adds the tus capabilities).
+    Preflight {
+        tus: bool,
+    },
+    /// Anything under `/tus` (tus 1.0): the rest of the path, undecoded.
+    Tus {
+        rest: String,
+    },
+    /// Anything under `/resumable` (IETF resumable uploads draft).
+    Resumable {
+        rest: String,
+    },
+    /// hmac-file-server chunked protocol.
+    Chunked,
+    UploadStatus,
+    /// POST multipart/form-data of a file.
+    PostForm {
+        path: String,
+    },
     /// PUT of a file; the path is percent-decoded, prefix and leading `/` removed.
     Put {
         path: String,
@@ -67,7 +84,11 @@ impl Route {
         match self {
             Route::Health => "health",
             Route::Metrics => "metrics",
-            Route::Preflight => "preflight",
+            Route::Preflight { .. } => "preflight",
+            Route::Tus { .. } => "tus",
+            Route::Resumable { .. } => "ietf",
+            Route::Chunked | Route::UploadStatus => "chunked",
+            Route::PostForm { .. } => "form",
             Route::Put { .. } => "upload",
             Route::Get { .. } => "download",
             Route::FileMethodNotAllowed | Route::BadPath => "file",
@@ -76,17 +97,9 @@ impl Route {
     }
 
     pub fn parse(method: &Method, raw_path: &str, prefix: &str) -> Route {
-        if *method == Method::OPTIONS {
-            return Route::Preflight;
-        }
-        match raw_path {
-            "/health" | "/healthz" => return Route::Health,
-            "/metrics" => return Route::Metrics,
-            _ => {}
-        }
         // Strip the prefix when present; requests without it are accepted too (a proxy may
         // strip it). protocols.md §1.1.
-        let rest = if !prefix.is_empty()
+        let path = if !prefix.is_empty()
             && raw_path.len() > prefix.len()
             && raw_path.starts_with(prefix)
             && raw_path.as_bytes()[prefix.len()] == b'/'
@@ -95,7 +108,27 @@ impl Route {
         } else {
             raw_path
         };
-        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let sub = |name: &str| path.trim_start_matches('/')[name.len()..].to_owned();
+        if *method == Method::OPTIONS {
+            return Route::Preflight {
+                tus: first == "tus",
+            };
+        }
+        match first {
+            "health" | "healthz" if path.trim_matches('/') == first => return Route::Health,
+            "metrics" if path.trim_matches('/') == first => return Route::Metrics,
+            "tus" => return Route::Tus { rest: sub("tus") },
+            "resumable" => {
+                return Route::Resumable {
+                    rest: sub("resumable"),
+                }
+            }
+            "chunked-upload" if path.trim_matches('/') == first => return Route::Chunked,
+            "upload-status" if path.trim_matches('/') == first => return Route::UploadStatus,
+            _ => {}
+        }
+        let rest = path.strip_prefix('/').unwrap_or(path);
         if rest.is_empty() {
             return Route::NotFound;
         }
@@ -107,6 +140,7 @@ impl Route {
             Method::PUT => Route::Put { path },
             Method::GET => Route::Get { path, head: false },
             Method::HEAD => Route::Get { path, head: true },
+            Method::POST => Route::PostForm { path },
             _ => Route::FileMethodNotAllowed,
         }
     }
@@ -181,10 +215,18 @@ async fn dispatch(
             );
             Ok(r)
         }
-        Route::Preflight => Ok(response::preflight(
-            &state.config.cors,
-            req.headers().get(header::ORIGIN),
-        )),
+        Route::Preflight { tus } => {
+            let mut r = response::preflight(&state.config.cors, req.headers().get(header::ORIGIN));
+            if tus {
+                crate::upload::tus::options(state, &mut r);
+            }
+            Ok(r)
+        }
+        Route::Tus { rest } => Ok(crate::upload::tus::handle(state, &rest, req).await),
+        Route::Resumable { rest } => Ok(crate::upload::ietf::handle(state, &rest, req).await),
+        Route::Chunked => Ok(crate::upload::chunked::handle(state, req).await),
+        Route::UploadStatus => Ok(crate::upload::chunked::status(state, req).await),
+        Route::PostForm { path } => crate::upload::post::handle(state, &path, req).await,
         Route::Put { path } => upload::put::handle(state, &path, req).await,
         Route::Get { path, head } => download::handle(state, &path, head, req).await,
         Route::FileMethodNotAllowed => Err(ApiError::MethodNotAllowed {
@@ -262,7 +304,46 @@ mod tests {
             Route::parse(&Method::GET, "/metrics", "/upload"),
             Route::Metrics
         );
-        assert_eq!(Route::parse(&Method::OPTIONS, "/x/y", ""), Route::Preflight);
+        assert_eq!(
+            Route::parse(&Method::OPTIONS, "/x/y", ""),
+            Route::Preflight { tus: false }
+        );
+        assert_eq!(
+            Route::parse(&Method::OPTIONS, "/upload/tus/", "/upload"),
+            Route::Preflight { tus: true }
+        );
+        assert_eq!(
+            Route::parse(&Method::PATCH, "/upload/tus/abc", "/upload"),
+            Route::Tus {
+                rest: "/abc".into()
+            }
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/tus", ""),
+            Route::Tus { rest: "".into() }
+        );
+        assert_eq!(
+            Route::parse(&Method::HEAD, "/resumable/x", ""),
+            Route::Resumable { rest: "/x".into() }
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/chunked-upload", ""),
+            Route::Chunked
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/upload-status", "/upload"),
+            Route::UploadStatus
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/u/a.txt", ""),
+            Route::PostForm {
+                path: "u/a.txt".into()
+            }
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/upload/health", "/upload"),
+            Route::Health
+        );
         assert_eq!(
             Route::parse(&Method::DELETE, "/x/y", ""),
             Route::FileMethodNotAllowed

@@ -7,6 +7,7 @@ use crate::config::{Config, Settings};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::storage::{FsStorage, PathRules, StorageError};
+use crate::upload::session::SessionStore;
 
 /// Errors building the state.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +16,8 @@ pub enum StateError {
     Storage(#[from] StorageError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("sessions: {0}")]
+    Sessions(#[from] crate::error::ApiError),
 }
 
 pub struct AppState {
@@ -23,6 +26,8 @@ pub struct AppState {
     pub auth: Authorizer,
     pub engine: Engine,
     pub metrics: Metrics,
+    /// Resumable upload sessions (`None` when `[resumable] enabled = false`).
+    pub sessions: Option<Arc<SessionStore>>,
     /// Rules for uploads (with extension lists).
     pub upload_rules: PathRules,
     /// Rules for downloads (shape only: a file stored before a list change stays reachable).
@@ -56,12 +61,24 @@ impl AppState {
             config.auth.modes.clone(),
             config.auth.clock_skew,
         );
+        let sessions = if config.resumable.enabled {
+            Some(Arc::new(SessionStore::open(
+                storage.clone(),
+                config.storage.durability,
+                config.resumable.session_ttl,
+                config.resumable.max_sessions,
+                &metrics.registry,
+            )?))
+        } else {
+            None
+        };
         Ok(Arc::new(Self {
             config,
             storage,
             auth,
             engine,
             metrics,
+            sessions,
             upload_rules,
             download_rules,
         }))

@@ -45,6 +45,8 @@ pub enum EngineError {
     IdleTimeout,
     #[error("client connection failed: {0}")]
     Client(String),
+    #[error("a newer request for the same upload took over")]
+    Cancelled,
     #[error("write failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -56,6 +58,7 @@ impl EngineError {
             EngineError::Short { .. } => "short",
             EngineError::IdleTimeout => "idle_timeout",
             EngineError::Client(_) => "client",
+            EngineError::Cancelled => "cancelled",
             EngineError::Io(_) => "io",
         }
     }
@@ -83,10 +86,53 @@ pub struct Engine {
     read_ahead: usize,
 }
 
-/// Where received bytes go: a file positioned at its end, and the running SHA-256.
+/// Digest of one append (tus `Upload-Checksum`), computed alongside the file's SHA-256.
+#[derive(Clone)]
+pub enum ChunkDigest {
+    Sha1(sha1::Sha1),
+    Sha256(Sha256),
+    Md5(md5::Md5),
+}
+
+impl ChunkDigest {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            ChunkDigest::Sha1(h) => h.update(data),
+            ChunkDigest::Sha256(h) => h.update(data),
+            ChunkDigest::Md5(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        match self {
+            ChunkDigest::Sha1(h) => h.finalize().to_vec(),
+            ChunkDigest::Sha256(h) => h.finalize().to_vec(),
+            ChunkDigest::Md5(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+/// The hash state carried through the write pipeline.
+pub struct Hashers {
+    pub file: Sha256,
+    pub chunk: Option<ChunkDigest>,
+}
+
+impl Hashers {
+    fn update(&mut self, data: &[u8]) {
+        self.file.update(data);
+        if let Some(c) = &mut self.chunk {
+            c.update(data);
+        }
+    }
+}
+
+/// Where received bytes go: a file positioned at its end, the running SHA-256 of the whole
+/// file, and optionally a digest of this append alone.
 pub struct Sink {
     pub file: File,
     pub hasher: Sha256,
+    pub chunk: Option<ChunkDigest>,
     pub written: u64,
 }
 
@@ -100,9 +146,17 @@ impl Sink {
         Self {
             file,
             hasher,
+            chunk: None,
             written: 0,
         }
     }
+}
+
+/// A failed receive. For interruptions (client gone, idle, cancelled) `sink` holds what was
+/// durably handed to the file so far, so resumable protocols can keep it.
+pub struct Failure {
+    pub error: EngineError,
+    pub sink: Option<Sink>,
 }
 
 /// Bounds on a body to receive.
@@ -225,14 +279,34 @@ impl Engine {
         B: Body + Unpin,
         B::Error: std::fmt::Display,
     {
-        let r = self.receive_inner(body, sink, expect, client).await;
+        self.receive_resumable(body, sink, expect, client, None)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// Like [`Engine::receive`], for resumable appends: `cancel` ends the transfer early (a
+    /// newer request for the same upload), and on an interruption the bytes received so far
+    /// are written and returned in [`Failure::sink`].
+    pub async fn receive_resumable<B>(
+        &self,
+        body: B,
+        sink: Sink,
+        expect: Expect,
+        client: &Client,
+        cancel: Option<tokio_util::sync::CancellationToken>,
+    ) -> Result<Sink, Failure>
+    where
+        B: Body + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let r = self.receive_inner(body, sink, expect, client, cancel).await;
         match &r {
             Ok(s) => self.shared.metrics.append_bytes.observe(s.written as f64),
-            Err(e) => self
+            Err(f) => self
                 .shared
                 .metrics
                 .errors
-                .with_label_values(&["upload", e.kind()])
+                .with_label_values(&["upload", f.error.kind()])
                 .inc(),
         }
         r
@@ -244,7 +318,8 @@ impl Engine {
         sink: Sink,
         expect: Expect,
         client: &Client,
-    ) -> Result<Sink, EngineError>
+        cancel: Option<tokio_util::sync::CancellationToken>,
+    ) -> Result<Sink, Failure>
     where
         B: Body + Unpin,
         B::Error: std::fmt::Display,
@@ -264,13 +339,23 @@ impl Engine {
         let mut received: u64 = 0;
         let mut buf_started = Instant::now();
         let mut longest_wait = Duration::ZERO;
-        loop {
+        let cancel = cancel.unwrap_or_default();
+        let interrupted = loop {
             let waited = Instant::now();
-            let frame = match tokio::time::timeout(self.idle_timeout, body.frame()).await {
-                Err(_) => return Err(EngineError::IdleTimeout),
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(EngineError::Client(e.to_string())),
-                Ok(Some(Ok(f))) => f,
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(EngineError::Cancelled),
+                r = tokio::time::timeout(self.idle_timeout, body.frame()) => match r {
+                    Err(_) => Err(EngineError::IdleTimeout),
+                    Ok(None) => Ok(None),
+                    Ok(Some(Err(e))) => Err(EngineError::Client(e.to_string())),
+                    Ok(Some(Ok(f))) => Ok(Some(f)),
+                },
+            };
+            let frame = match next {
+                Ok(Some(f)) => f,
+                Ok(None) => break None,
+                Err(e) => break Some(e),
             };
             longest_wait = longest_wait.max(waited.elapsed());
             let Ok(mut data) = frame.into_data() else {
@@ -278,7 +363,10 @@ impl Engine {
             };
             received += data.remaining() as u64;
             if received > expect.max || expect.exact.is_some_and(|n| received > n) {
-                return Err(EngineError::TooLarge);
+                return Err(Failure {
+                    error: EngineError::TooLarge,
+                    sink: None,
+                });
             }
             while data.has_remaining() {
                 let b = match &mut buf {
@@ -289,7 +377,7 @@ impl Engine {
                 data.advance(n);
                 if b.is_full() {
                     let active = buf_started.elapsed();
-                    let disk_wait = pipe.ready().await?;
+                    let disk_wait = pipe.ready().await.map_err(Failure::plain)?;
                     if let Some(full) = buf.take() {
                         tier = transfer.observe(full.len(), active, longest_wait, disk_wait);
                         pipe.dispatch(full);
@@ -298,22 +386,90 @@ impl Engine {
                     longest_wait = Duration::ZERO;
                 }
             }
-        }
-        if let Some(n) = expect.exact {
-            if received < n {
-                return Err(EngineError::Short {
-                    received,
-                    expected: n,
-                });
+        };
+        if interrupted.is_none() {
+            if let Some(n) = expect.exact {
+                if received < n {
+                    return Err(Failure::plain(EngineError::Short {
+                        received,
+                        expected: n,
+                    }));
+                }
             }
         }
         if let Some(last) = buf.take().filter(|b| !b.is_empty()) {
             let active = buf_started.elapsed();
-            let disk_wait = pipe.ready().await?;
+            let disk_wait = pipe.ready().await.map_err(Failure::plain)?;
             transfer.observe(last.len(), active, longest_wait, disk_wait);
             pipe.dispatch(last);
         }
-        pipe.finish().await
+        let sink = pipe.finish().await.map_err(Failure::plain)?;
+        match interrupted {
+            None => Ok(sink),
+            Some(error) => Err(Failure {
+                error,
+                sink: Some(sink),
+            }),
+        }
+    }
+
+    /// Copy whole files into `dest` (tus concatenation), through pool buffers on the blocking
+    /// pool, returning the SHA-256 of the result.
+    pub async fn concat(
+        &self,
+        parts: Vec<std::path::PathBuf>,
+        mut dest: File,
+    ) -> io::Result<(File, Sha256)> {
+        let lease = self
+            .pool
+            .lease(self.pool.tier_count().saturating_sub(1))
+            .await;
+        let (dest, h, _lease) = tokio::task::spawn_blocking(move || {
+            let mut lease = lease;
+            let mut h = Sha256::new();
+            for p in parts {
+                let mut f = File::open(p)?;
+                loop {
+                    let n = io::Read::read(&mut f, lease.spare_mut(usize::MAX))?;
+                    if n == 0 {
+                        break;
+                    }
+                    lease.set_len(n);
+                    h.update(lease.as_ref());
+                    dest.write_all(lease.as_ref())?;
+                }
+            }
+            Ok::<_, io::Error>((dest, h, lease))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok((dest, h))
+    }
+
+    /// SHA-256 of the first `len` bytes of a staged file, read through a pool buffer on the
+    /// blocking pool (rebuilding hash state after a restart or for out-of-order chunks).
+    pub async fn hash_file(&self, path: std::path::PathBuf, len: u64) -> io::Result<Sha256> {
+        let lease = self
+            .pool
+            .lease(self.pool.tier_count().saturating_sub(1))
+            .await;
+        tokio::task::spawn_blocking(move || {
+            let mut lease = lease;
+            let f = File::open(path)?;
+            let mut h = Sha256::new();
+            let mut off = 0u64;
+            while off < len {
+                let want = usize::try_from((len - off).min(lease.capacity() as u64)).unwrap_or(0);
+                use std::os::unix::fs::FileExt;
+                f.read_exact_at(lease.spare_mut(want), off)?;
+                lease.set_len(want);
+                h.update(lease.as_ref());
+                off += want as u64;
+            }
+            Ok(h)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// A response body that streams `segments`, reading file parts from `file` with positioned
@@ -344,14 +500,20 @@ impl Engine {
     }
 }
 
-type HashTask = JoinHandle<Sha256>;
+impl Failure {
+    fn plain(error: EngineError) -> Self {
+        Self { error, sink: None }
+    }
+}
+
+type HashTask = JoinHandle<Hashers>;
 type WriteTask = JoinHandle<io::Result<File>>;
-type BothTask = JoinHandle<io::Result<(File, Sha256)>>;
+type BothTask = JoinHandle<io::Result<(File, Hashers)>>;
 
 /// The upload's disk side: at most one hash and one write in flight, in order.
 struct WritePipe {
     file: Option<File>,
-    hasher: Option<Sha256>,
+    hasher: Option<Hashers>,
     written: u64,
     hash_task: Option<HashTask>,
     write_task: Option<WriteTask>,
@@ -366,7 +528,10 @@ impl WritePipe {
     fn new(sink: Sink) -> Self {
         Self {
             file: Some(sink.file),
-            hasher: Some(sink.hasher),
+            hasher: Some(Hashers {
+                file: sink.hasher,
+                chunk: sink.chunk,
+            }),
             written: sink.written,
             hash_task: None,
             write_task: None,
@@ -424,9 +589,10 @@ impl WritePipe {
     async fn finish(mut self) -> Result<Sink, EngineError> {
         self.ready().await?;
         match (self.file.take(), self.hasher.take()) {
-            (Some(file), Some(hasher)) => Ok(Sink {
+            (Some(file), Some(hashers)) => Ok(Sink {
                 file,
-                hasher,
+                hasher: hashers.file,
+                chunk: hashers.chunk,
                 written: self.written,
             }),
             _ => Err(EngineError::Io(io::Error::other("engine lost its sink"))),

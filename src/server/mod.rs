@@ -53,6 +53,13 @@ where
     let graceful = Arc::new(GracefulShutdown::new());
     let tracker = TaskTracker::new();
     let conn_limit = Arc::new(Semaphore::new(state.config.server.max_connections));
+    if let Some(store) = state.sessions.clone() {
+        tracker.spawn(crate::upload::session::sweep_loop(
+            store,
+            state.config.resumable.sweep_interval,
+            stop.clone(),
+        ));
+    }
     let mut accept_tasks = Vec::new();
     for listener in listeners {
         let (state, stop, graceful, limit) = (
@@ -79,6 +86,8 @@ where
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
     tracker.close();
+    // The sweeper stops on `stop`; connections were bounded by the grace period above.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
     Ok(())
 }
 

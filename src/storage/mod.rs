@@ -167,6 +167,20 @@ impl FsStorage {
         })
     }
 
+    /// Take over an existing file in `staging/` (a finished resumable session) for
+    /// [`FsStorage::commit`]. Like [`FsStorage::stage`]'s result, it is deleted if not committed.
+    pub fn adopt(&self, path: &Path) -> Result<Staged, StorageError> {
+        if !path.starts_with(&self.staging) {
+            return Err(StorageError::Io(io::Error::other("adopt outside staging")));
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Staged {
+            path: path.to_owned(),
+            file: Some(file),
+            committed: false,
+        })
+    }
+
     /// Publish a staged upload at `p` atomically and without ever replacing an existing file:
     /// fsync (per durability), hard-link into place (fails if the name exists), then write the
     /// metadata and drop the staging name. The link is the commit point: a crash before it

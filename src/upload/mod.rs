@@ -1,11 +1,116 @@
 //! Upload protocols. Each is an adapter that authorises, stages through the storage layer and
 //! moves bytes through the streaming engine; none copies bytes itself.
 
+pub mod chunked;
+pub mod ietf;
+pub mod post;
 pub mod put;
+pub mod session;
+pub mod tus;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use http::{header, HeaderMap};
+
+use crate::auth::GrantRequest;
+use crate::config::AuthMode;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::storage::StoredPath;
+
+/// First path segments that name Sluice's own routes and so can't start a stored path.
+pub const RESERVED_SEGMENTS: &[&str] = &[
+    "tus",
+    "resumable",
+    "chunked-upload",
+    "upload-status",
+    "health",
+    "healthz",
+    "metrics",
+];
+
+/// Path rules for a new upload target, plus the reserved first segments.
+pub fn target_path(state: &AppState, decoded: &str) -> Result<StoredPath, ApiError> {
+    let p = StoredPath::parse(decoded, &state.upload_rules)?;
+    let first = p.as_str().split('/').next().unwrap_or("");
+    if RESERVED_SEGMENTS.contains(&first) {
+        return Err(ApiError::BadRequest(
+            "path starts with a name reserved for Sluice's routes",
+        ));
+    }
+    Ok(p)
+}
+
+/// Who may create an upload session for `target` of `signed_len` bytes: the same grants as a
+/// PUT of that file (the MAC's method is `PUT`: it is an upload grant), or nothing when
+/// anonymous creation is on and `target` is `None`.
+pub struct CreationGrant {
+    pub target: StoredPath,
+    /// The size the grant binds (the final length must equal it), if it binds one.
+    pub grant_size: Option<u64>,
+    pub uploader: Option<String>,
+}
+
+pub fn authorize_creation(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    target: Option<&str>,
+    signed_len: Option<u64>,
+    file_name_hint: Option<&str>,
+) -> Result<CreationGrant, ApiError> {
+    let Some(target) = target.filter(|t| !t.is_empty()) else {
+        if !state.config.resumable.allow_anonymous {
+            return Err(ApiError::Auth(crate::auth::AuthError::Missing));
+        }
+        let mut raw = [0u8; 12];
+        getrandom::fill(&mut raw).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let name = file_name_hint
+            .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_owned())
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .unwrap_or_else(|| "upload.bin".into());
+        let target = target_path(state, &format!("anonymous/{}/{name}", hex::encode(raw)))?;
+        return Ok(CreationGrant {
+            target,
+            grant_size: None,
+            uploader: None,
+        });
+    };
+    let target = target_path(state, target)?;
+    let size_param = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "size")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    });
+    let len = signed_len.or(size_param);
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let grant = state.auth.authorize(&GrantRequest {
+        method: "PUT",
+        path: target.as_str(),
+        query,
+        content_length: len.unwrap_or(0),
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        authorization: auth,
+        now: SystemTime::now(),
+    })?;
+    let grant_size = match grant.mode {
+        AuthMode::V3 => None,
+        AuthMode::V | AuthMode::V2 | AuthMode::Token | AuthMode::Jwt => {
+            Some(len.ok_or(ApiError::BadRequest(
+                "a size-bound grant needs the upload length (or a size query parameter)",
+            ))?)
+        }
+    };
+    Ok(CreationGrant {
+        target,
+        grant_size,
+        uploader: grant.uploader,
+    })
+}
 
 /// The content type to store: the client's, if it is a sane media type, else guessed from the
 /// file name.

@@ -138,7 +138,7 @@ async fn prepare(
     if len > max {
         return Err(ApiError::TooLarge { max });
     }
-    let path = StoredPath::parse(raw_path, &state.upload_rules)?;
+    let path = super::target_path(state, raw_path)?;
     let grant = state.auth.authorize(&GrantRequest {
         method: parts.method.as_str(),
         path: path.as_str(),

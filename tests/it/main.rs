@@ -7,4 +7,5 @@ mod common;
 mod download;
 mod engine;
 mod put;
+mod resumable;
 mod server;

@@ -199,10 +199,14 @@ async function caseBufferAbortResume() {
   const data = randomBytes(size);
   const common = { chunkSize: MiB, metadata: { filename: name, filetype: 'application/octet-stream' } };
 
-  const first = await uploadThenAbort(data, { ...common, endpoint: endpointFor(path, size) }, 8 * MiB);
-  check(first.url && first.url.startsWith(`${BASE}/tus/`), `upload URL ${first.url} is not under ${BASE}/tus/`);
+  // Past 8 MiB, so the abort lands while a PATCH body is on the wire, not between two PATCHes.
+  const first = await uploadThenAbort(data, { ...common, endpoint: endpointFor(path, size) }, 8 * MiB + 1);
+  // Location is path-absolute; Sluice may put it under url_prefix (it accepts both forms).
+  check(first.url && (first.url.startsWith(`${BASE}/tus/`) || first.url.startsWith(`${BASE}/upload/tus/`)),
+    `upload URL ${first.url} is not under ${BASE}/tus/ (or ${BASE}/upload/tus/)`);
   const serverOffset = await headOffset(first.url);
-  info(`aborted after ${first.sent} bytes sent (${first.acked} confirmed); HEAD says ${serverOffset}`);
+  const cut = first.rec.log[first.rec.log.length - 1];
+  info(`aborted after ${first.sent} bytes sent (${first.acked} confirmed, ${cut.status === null ? `${cut.method} at ${cut.offset} cut in flight` : 'between requests'}); HEAD says ${serverOffset}`);
   check(serverOffset >= first.acked && serverOffset < size,
     `HEAD after abort says ${serverOffset}, expected between ${first.acked} (confirmed) and ${size}`);
   const pre = await httpJson('GET', fileUrlFor(path));
@@ -211,7 +215,7 @@ async function caseBufferAbortResume() {
   const second = await resume(data, { ...common, uploadUrl: first.url });
   check(second.url === first.url, `resumed upload ended on another URL ${second.url}`);
   const at = checkResumed(second.rec, first.url, first.acked);
-  info(`resumed at offset ${at}: ${second.rec.log.filter((e) => e.method === 'PATCH').length} PATCHes`);
+  info(`resumed at offset ${at}: ${second.rec.log.filter((e) => e.method === 'PATCH').length} PATCHes; first requests: ${second.rec.show().split(' | ').slice(0, 3).join(' | ')}`);
   await fetchAndCompare(path, data);
 }
 
@@ -233,7 +237,8 @@ async function caseStreamCreationWithUploadResume() {
   info(`aborted after ${first.sent} bytes sent (${first.acked} confirmed); HEAD says ${serverOffset}`);
 
   const second = await resume(createReadStream(local), { ...common, uploadUrl: first.url });
-  checkResumed(second.rec, first.url, first.acked);
+  const at = checkResumed(second.rec, first.url, first.acked);
+  info(`resumed at offset ${at}: ${second.rec.log.filter((e) => e.method === 'PATCH').length} PATCHes; first requests: ${second.rec.show().split(' | ').slice(0, 3).join(' | ')}`);
   await fetchAndCompare(path, readFileSync(local));
 }
 

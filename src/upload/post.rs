@@ -1,0 +1,150 @@
+//! POST multipart/form-data upload for browser forms: field `file` is streamed (multer) through
+//! the engine into staging and published like a PUT. The grant is a PUT grant of the target:
+//! `?v=...&size=N` (size-bound modes sign `N`, the exact size of the file field), `?v3=...`,
+//! or a Bearer JWT. JSON response.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+use crate::engine::{EngineError, Expect, Sink};
+use crate::error::ApiError;
+use crate::metrics::GaugeGuard;
+use crate::response::{full, ResBody};
+use crate::state::AppState;
+use crate::storage::FileMeta;
+
+pub async fn handle(
+    state: &Arc<AppState>,
+    raw_path: &str,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(ct).map_err(|_| {
+        ApiError::UnsupportedMediaType("POST of a file needs multipart/form-data with a boundary")
+    })?;
+    let max = state.config.storage.max_file_size.as_u64();
+    let grant = super::authorize_creation(
+        state,
+        req.headers(),
+        req.uri().query(),
+        Some(raw_path),
+        None,
+        None,
+    )?;
+    let target = grant.target;
+    let exact = grant.grant_size;
+    if exact.is_some_and(|n| n > max) {
+        return Err(ApiError::TooLarge { max });
+    }
+    let (storage, t2) = (state.storage.clone(), target.clone());
+    let exists = tokio::task::spawn_blocking(move || storage.exists(&t2))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if exists {
+        return Err(ApiError::Exists);
+    }
+    let client = crate::router::client_of(state, &req);
+    let body = req.into_body().into_data_stream();
+    let mut form = multer::Multipart::new(body, boundary);
+    let field = loop {
+        match form.next_field().await {
+            Ok(Some(f)) if f.name() == Some("file") => break f,
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err(ApiError::BadRequest("form has no field named 'file'")),
+            Err(_) => return Err(ApiError::BadRequest("malformed multipart body")),
+        }
+    };
+    let content_type = field
+        .content_type()
+        .map(|m| m.essence_str().to_owned())
+        .filter(|t| t != "application/octet-stream")
+        .unwrap_or_else(|| crate::storage::guess_type(target.file_name()));
+    let frames = StreamBody::new(field.map(|r| r.map(Frame::data)));
+    let frames = http_body_util::combinators::UnsyncBoxBody::new(
+        frames.map_err(|e: multer::Error| e.to_string()),
+    );
+
+    let storage = state.storage.clone();
+    let s2 = storage.clone();
+    let mut staged = tokio::task::spawn_blocking(move || s2.stage())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let _in_flight = GaugeGuard::new(&state.metrics.uploads_in_flight);
+    let file = staged
+        .take_file()
+        .ok_or_else(|| ApiError::Internal("staged file missing".into()))?;
+    let sink = state
+        .engine
+        .receive(
+            frames,
+            Sink::new(file),
+            Expect {
+                exact,
+                max: exact.unwrap_or(max),
+            },
+            &client,
+        )
+        .await
+        .map_err(|e| match e {
+            EngineError::TooLarge => ApiError::TooLarge {
+                max: exact.unwrap_or(max),
+            },
+            EngineError::Client(_) => ApiError::BadRequest("malformed or truncated multipart body"),
+            other => ApiError::from(other),
+        })?;
+    let size = sink.written;
+    state.metrics.upload_bytes.inc_by(size);
+    let sha256 = hex::encode(sha2::Digest::finalize(sink.hasher));
+    staged.put_file(sink.file);
+    let meta = FileMeta {
+        size,
+        sha256: sha256.clone(),
+        content_type: content_type.clone(),
+        uploaded_at: super::unix_now(),
+        uploader: grant.uploader,
+    };
+    let p2 = target.clone();
+    tokio::task::spawn_blocking(move || storage.commit(staged, &p2, &meta))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    state.metrics.uploads.with_label_values(&["created"]).inc();
+    let url = format!(
+        "{}/{}",
+        state.config.server.url_prefix,
+        target
+            .as_str()
+            .split('/')
+            .map(
+                |s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            )
+            .collect::<Vec<_>>()
+            .join("/")
+    );
+    let json = serde_json::json!({
+        "path": target.as_str(),
+        "url": url,
+        "size": size,
+        "sha256": sha256,
+        "content_type": content_type,
+    });
+    let mut res = Response::new(full(Bytes::from(json.to_string())));
+    *res.status_mut() = StatusCode::CREATED;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
