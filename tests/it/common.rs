@@ -158,9 +158,11 @@ impl TestServer {
         self.dir.path().join("files")
     }
 
+    /// Staged PUT bodies (the `sessions/` directory of resumable uploads is not counted).
     pub fn staging_entries(&self) -> usize {
         std::fs::read_dir(self.dir.path().join("staging"))
             .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
             .count()
     }
 
