@@ -710,3 +710,268 @@ async fn post_form_upload() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
+
+fn ietf_url(s: &TestServer, path: &str, len: u64) -> String {
+    let m =
+        sluice::auth::mac::sign_hex(SECRET.as_bytes(), &sluice::auth::mac::message_v1(path, len));
+    format!("{}/upload/resumable/{}?v={m}", s.base(), encode_path(path))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ietf_draft_create_offset_append_complete_each_interop_version() {
+    let s = TestServer::start().await;
+    for version in 3u32..=8 {
+        let body = data(300_000, u64::from(version));
+        let path = format!("i/v{version}.bin");
+        let (cflag, incomplete_hdr) = if version == 3 {
+            ("upload-incomplete", "?1")
+        } else {
+            ("upload-complete", "?0")
+        };
+        let r = s
+            .client
+            .post(ietf_url(&s, &path, 300_000))
+            .header("upload-draft-interop-version", version.to_string())
+            .header(cflag, incomplete_hdr)
+            .header("upload-length", "300000")
+            .body(body[..100_000].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "v{version}: {:?}",
+            r.text().await
+        );
+        assert_eq!(r.headers()["upload-offset"], "100000");
+        let loc = format!("{}{}", s.base(), r.headers()["location"].to_str().unwrap());
+        // Offset retrieval.
+        let r = s
+            .client
+            .head(&loc)
+            .header("upload-draft-interop-version", version.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(r.headers()["upload-offset"], "100000");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let limit = r.headers()["upload-limit"].to_str().unwrap().to_owned();
+        assert!(
+            limit.contains("max-size=") && limit.contains("max-append-size="),
+            "{limit}"
+        );
+        if version == 3 {
+            assert_eq!(r.headers()["upload-incomplete"], "?1");
+        } else {
+            assert_eq!(r.headers()["upload-complete"], "?0");
+        }
+        // Wrong offset → 409 with the right one.
+        let mut rb = s
+            .client
+            .patch(&loc)
+            .header("upload-draft-interop-version", version.to_string())
+            .header("upload-offset", "5")
+            .header(cflag, incomplete_hdr);
+        if version >= 6 {
+            rb = rb.header("content-type", "application/partial-upload");
+        }
+        let r = rb.body(vec![0u8; 10]).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert_eq!(r.headers()["upload-offset"], "100000");
+        // From 6 on, an append without application/partial-upload is refused.
+        if version >= 6 {
+            let r = s
+                .client
+                .patch(&loc)
+                .header("upload-draft-interop-version", version.to_string())
+                .header("upload-offset", "100000")
+                .header(cflag, incomplete_hdr)
+                .body(vec![0u8; 10])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+        // Final append.
+        let done = if version == 3 { "?0" } else { "?1" };
+        let mut rb = s
+            .client
+            .patch(&loc)
+            .header("upload-draft-interop-version", version.to_string())
+            .header("upload-offset", "100000")
+            .header(cflag, done);
+        if version >= 6 {
+            rb = rb.header("content-type", "application/partial-upload");
+        }
+        let r = rb.body(body[100_000..].to_vec()).send().await.unwrap();
+        assert!(r.status().is_success(), "v{version}: {}", r.status());
+        assert_eq!(r.headers()["upload-offset"], "300000");
+        assert_eq!(s.get_bytes(&path).await.1, body, "v{version}");
+    }
+    // Complete in one request (the whole file, Upload-Complete: ?1): signed over its length.
+    let body = data(5000, 99);
+    let r = s
+        .client
+        .put(ietf_url(&s, "i/one.bin", 5000))
+        .header("upload-complete", "?1")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["upload-complete"], "?1");
+    assert_eq!(s.get_bytes("i/one.bin").await.1, body);
+    // Cancel.
+    let r = s
+        .client
+        .post(ietf_url(&s, "i/cancel.bin", 10))
+        .header("upload-complete", "?0")
+        .header("upload-length", "10")
+        .send()
+        .await
+        .unwrap();
+    let loc = format!("{}{}", s.base(), r.headers()["location"].to_str().unwrap());
+    assert_eq!(
+        s.client.delete(&loc).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.client.head(&loc).send().await.unwrap().status(),
+        StatusCode::GONE
+    );
+}
+
+/// Kill -9 the real binary during several resumable uploads, restart it, resume them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_uploads_then_resume_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cfg = dir.path().join("sluice.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nurl_prefix = \"/upload\"\n[storage]\ndir = {:?}\ndurability = \"fsync\"\n[[auth.keys]]\nsecret = \"{SECRET}\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().timeout(T).build().unwrap();
+    let wait_ready = || async {
+        for _ in 0..200 {
+            if client.get(format!("{base}/health")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not start");
+    };
+    let mut child = spawn();
+    wait_ready().await;
+    let bodies: Vec<Vec<u8>> = (0..4)
+        .map(|i| data(2_000_000 + i * 1000, 500 + i as u64))
+        .collect();
+    let mut urls = Vec::new();
+    for (i, b) in bodies.iter().enumerate() {
+        let path = format!("crash/f{i}.bin");
+        let m = sluice::auth::mac::sign_hex(
+            SECRET.as_bytes(),
+            &sluice::auth::mac::message_v1(&path, b.len() as u64),
+        );
+        let r = client
+            .post(format!("{base}/upload/tus/{path}?v={m}"))
+            .header(TUS.0, TUS.1)
+            .header("upload-length", b.len().to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let url = format!("{base}{}", r.headers()["location"].to_str().unwrap());
+        // A first, acknowledged part...
+        let r = client
+            .patch(&url)
+            .header(TUS.0, TUS.1)
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body(b[..500_000].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        urls.push(url);
+    }
+    // ...then appends in flight on raw connections when the server dies.
+    let mut conns = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let pq = url
+            .split_once(&format!("127.0.0.1:{port}"))
+            .unwrap()
+            .1
+            .to_owned();
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let total = bodies[i].len() - 500_000;
+        write(&mut c, format!("PATCH {pq} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 500000\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {total}\r\n\r\n").as_bytes()).await;
+        write(&mut c, &bodies[i][500_000..900_000]).await;
+        conns.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(conns);
+    // No half file is ever visible at a final name.
+    let files = dir.path().join("data/files/crash");
+    assert!(!files.exists() || std::fs::read_dir(&files).unwrap().count() == 0);
+    let mut child = spawn();
+    wait_ready().await;
+    for (i, url) in urls.iter().enumerate() {
+        let r = client.head(url).header(TUS.0, TUS.1).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let off: usize = r.headers()["upload-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((500_000..=900_000).contains(&off), "offset {off}");
+        let r = client
+            .patch(url)
+            .header(TUS.0, TUS.1)
+            .header("upload-offset", off.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(bodies[i][off..].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = client
+            .get(format!("{base}/upload/crash/f{i}.bin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()["etag"],
+            format!("\"{}\"", sha256_hex(&bodies[i])).as_str()
+        );
+        assert_eq!(
+            sha256_hex(&r.bytes().await.unwrap()),
+            sha256_hex(&bodies[i])
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
