@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub body_idle_timeout: Duration,
     /// Maximum size of the request head (HTTP/1.1 read buffer, HTTP/2 header list).
     pub max_header_size: ByteSize,
+    /// A client that reads nothing of a response for this long is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             url_prefix: String::new(),
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             max_header_size: ByteSize::kib(16),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 4096,

@@ -3,9 +3,10 @@
 //! header size limits, a connection cap, and graceful shutdown (stop accepting, let in-flight
 //! requests finish within the grace period).
 
+mod io;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,7 @@ pub async fn run<F>(
     listeners: Vec<TcpListener>,
     state: Arc<AppState>,
     shutdown: F,
-) -> io::Result<()>
+) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send,
 {
@@ -127,7 +128,13 @@ async fn accept_loop(
             async move { Ok::<_, Infallible>(crate::router::handle(state, req).await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
+            .serve_connection(
+                TokioIo::new(io::StallGuard::new(
+                    stream,
+                    state.config.server.send_timeout,
+                )),
+                svc,
+            )
             .into_owned();
         let conn = graceful.watch(conn);
         tracker.spawn(

@@ -295,3 +295,26 @@ async fn metrics_pass_promtool_when_available() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_stops_reading_is_cut_off_and_buffers_return() {
+    let s = TestServer::start_with(|c| c.server.send_timeout = Duration::from_millis(500)).await;
+    assert_eq!(
+        s.put("s/big.bin", data(32 * 1024 * 1024, 3)).await,
+        StatusCode::CREATED
+    );
+    let mut c = s.connect().await;
+    write(&mut c, b"GET /upload/s/big.bin HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // Read nothing: the server's socket buffer fills and its writes block.
+    let mut cut = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.metric("sluice_downloads_in_flight").await == 0.0 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "stalled download still in flight");
+    assert_eq!(s.metric("sluice_pool_in_use_bytes").await, 0.0);
+    drop(c);
+}
