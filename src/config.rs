@@ -303,8 +303,13 @@ pub struct EngineConfig {
     /// A single wait on the client longer than this is a stall (steps the buffer down).
     #[serde(with = "humantime_serde")]
     pub stall_threshold: Duration,
-    /// Downloads: file reads kept in flight ahead of the socket (1..=8).
+    /// Downloads: file reads kept in flight ahead of the socket (1..=8); none while more than
+    /// half of `memory_cap` is leased.
     pub read_ahead: usize,
+    /// A transfer that waits this long for a buffer at the memory cap fails (503 for an
+    /// upload) instead of queueing forever behind clients that hold buffers.
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
     /// Per-client throughput history (by IP): how many clients are remembered...
     pub history_capacity: usize,
     /// ...and for how long.
@@ -331,6 +336,7 @@ impl Default for EngineConfig {
             target_buffer_time: Duration::from_millis(20),
             stall_threshold: Duration::from_millis(500),
             read_ahead: 2,
+            lease_timeout: Duration::from_secs(10),
             history_capacity: 10_000,
             history_ttl: Duration::from_secs(3600),
             quality: QualityConfig::default(),

@@ -54,6 +54,8 @@ pub enum ApiError {
     ChecksumMismatch,
     #[error("a newer request for this upload took over")]
     Superseded,
+    #[error("server is busy; try again later")]
+    Busy,
     #[error("internal error")]
     Internal(String),
 }
@@ -93,7 +95,7 @@ impl ApiError {
             ApiError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::SessionNotFound => StatusCode::NOT_FOUND,
             ApiError::SessionGone => StatusCode::GONE,
-            ApiError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManySessions | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) | ApiError::Superseded => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -149,6 +151,7 @@ impl From<EngineError> for ApiError {
             EngineError::IdleTimeout => ApiError::BodyTimeout,
             EngineError::Client(_) => ApiError::ClientGone,
             EngineError::Cancelled => ApiError::Superseded,
+            EngineError::Busy => ApiError::Busy,
             EngineError::Io(io) => ApiError::from(StorageError::from(io)),
         }
     }

@@ -179,8 +179,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
     );
     let method = method_label(req.method());
     // Only the path is logged: never the query (MACs) or Authorization.
-    let span =
-        tracing::info_span!("request", route = route.name(), method, path = %req.uri().path());
+    // Session URLs are capabilities: their paths are not logged either.
+    let logged_path = match route {
+        Route::Tus { .. } | Route::Resumable { .. } => "<session>",
+        _ => req.uri().path(),
+    };
+    let span = tracing::info_span!("request", route = route.name(), method, path = %logged_path);
     let origin = req.headers().get(header::ORIGIN).cloned();
     let route_name = route.name();
     let mut res = dispatch(&state, route, req).instrument(span).await;

@@ -128,7 +128,9 @@ impl Authorizer {
 
     /// Verify the grant of an upload request.
     pub fn authorize(&self, r: &GrantRequest<'_>) -> Result<Grant, AuthError> {
-        if let Some(auth) = r.authorization {
+        // Only a Bearer credential selects JWT mode; other schemes (a proxy's or browser's
+        // Basic auth) fall through to the query grants.
+        if let Some(auth) = r.authorization.filter(|a| is_bearer(a)) {
             if self.enabled(AuthMode::Jwt) {
                 return self.authorize_jwt(auth, r);
             }
@@ -144,7 +146,7 @@ impl Authorizer {
             (AuthMode::Token, mac)
         } else if let Some(mac) = &q.v {
             (AuthMode::V, mac)
-        } else if r.authorization.is_none() && self.challenges_bearer() {
+        } else if self.challenges_bearer() {
             return Err(AuthError::BearerMissing);
         } else {
             return Err(AuthError::Missing);
@@ -217,8 +219,7 @@ impl Authorizer {
 
     fn authorize_jwt(&self, authorization: &str, r: &GrantRequest<'_>) -> Result<Grant, AuthError> {
         let token = authorization
-            .strip_prefix("Bearer ")
-            .or_else(|| authorization.strip_prefix("bearer "))
+            .get(7..)
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::BearerMissing)?;
@@ -240,6 +241,12 @@ impl Authorizer {
             uploader: claims.sub,
         })
     }
+}
+
+fn is_bearer(authorization: &str) -> bool {
+    authorization
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
 }
 
 /// The content types a v2/token MAC may have been computed over (protocols.md §1.2): the PUT's
@@ -321,6 +328,14 @@ mod tests {
             .unwrap();
         assert_eq!(g.mode, AuthMode::V);
         assert_eq!(g.key_id, "old");
+    }
+
+    #[test]
+    fn basic_auth_header_does_not_hide_a_query_grant() {
+        let q = "v=7b8879e2d1c733b423a70cde30cecc3a3c64a03f790d1b5bcbb2a6aca52b477e";
+        let mut r = req("thomas/abc/catmetal.jpg", q, 23026, None);
+        r.authorization = Some("Basic dXNlcjpwYXNz");
+        assert_eq!(all().authorize(&r).unwrap().mode, AuthMode::V);
     }
 
     #[test]

@@ -233,13 +233,19 @@ pub async fn handle(
         range::RangeOutcome::Multi(ranges) => {
             let mut seed = [0u8; 16];
             getrandom::fill(&mut seed).map_err(|e| ApiError::Internal(e.to_string()))?;
-            let plan = range::MultipartPlan::new(
-                &ranges,
-                meta.size,
-                &meta.content_type,
-                &range::boundary_from(&seed),
-            )
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let boundary = range::boundary_from(&seed);
+            // A stored type that is not a valid header value (older metadata) falls back to
+            // octet-stream rather than failing the request.
+            let plan = range::MultipartPlan::new(&ranges, meta.size, &meta.content_type, &boundary)
+                .or_else(|_| {
+                    range::MultipartPlan::new(
+                        &ranges,
+                        meta.size,
+                        "application/octet-stream",
+                        &boundary,
+                    )
+                })
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             set(
                 res.headers_mut(),
                 header::CONTENT_TYPE,

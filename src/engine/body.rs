@@ -55,6 +55,7 @@ pub struct FileBody {
     segments: VecDeque<Segment>,
     pending: VecDeque<Pending>,
     read_ahead: usize,
+    lease_timeout: Duration,
     remaining: u64,
     /// When the previous frame was handed to hyper.
     last_yield: Option<Instant>,
@@ -70,6 +71,7 @@ impl FileBody {
         file: Option<File>,
         segments: Vec<Segment>,
         read_ahead: usize,
+        lease_timeout: Duration,
         guard: Option<crate::metrics::GaugeGuard>,
     ) -> Self {
         let remaining = segments.iter().map(Segment::len).sum();
@@ -80,6 +82,7 @@ impl FileBody {
             segments: segments.into(),
             pending: VecDeque::new(),
             read_ahead: read_ahead.max(1),
+            lease_timeout,
             remaining,
             last_yield: None,
             disk_wait_since: None,
@@ -89,12 +92,18 @@ impl FileBody {
 
     /// Queue work until `read_ahead` reads are in flight or the segments run out.
     fn fill_pipeline(&mut self) -> io::Result<()> {
+        // Under memory pressure, no read-ahead: one buffer per transfer in our hands.
+        let depth = if self.pool.under_pressure() {
+            1
+        } else {
+            self.read_ahead
+        };
         while self
             .pending
             .iter()
             .filter(|p| matches!(p, Pending::Read(_)))
             .count()
-            < self.read_ahead
+            < depth
         {
             let chunk_max = self.pool.tier_size(self.transfer.tier()) as u64;
             match self.segments.front_mut() {
@@ -123,9 +132,19 @@ impl FileBody {
                         .ok_or_else(|| io::Error::other("file segment without a file"))?;
                     let pool = self.pool.clone();
                     let tier = self.transfer.tier();
+                    let lease_timeout = self.lease_timeout;
                     self.pending
                         .push_back(Pending::Read(tokio::spawn(async move {
-                            let mut lease = pool.lease(tier).await;
+                            // Waiting forever behind clients that hold buffers would let a
+                            // few non-reading clients stall everyone: give up after a while.
+                            let mut lease = tokio::time::timeout(lease_timeout, pool.lease(tier))
+                                .await
+                                .map_err(|_| {
+                                    io::Error::new(
+                                        io::ErrorKind::TimedOut,
+                                        "no transfer buffer became free in time",
+                                    )
+                                })?;
                             let read = tokio::task::spawn_blocking(move || {
                                 file.read_exact_at(lease.spare_mut(n), off)?;
                                 lease.set_len(n);

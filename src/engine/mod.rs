@@ -47,6 +47,8 @@ pub enum EngineError {
     Client(String),
     #[error("a newer request for the same upload took over")]
     Cancelled,
+    #[error("server is busy: no transfer buffer became free in time")]
+    Busy,
     #[error("write failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -59,6 +61,7 @@ impl EngineError {
             EngineError::IdleTimeout => "idle_timeout",
             EngineError::Client(_) => "client",
             EngineError::Cancelled => "cancelled",
+            EngineError::Busy => "busy",
             EngineError::Io(_) => "io",
         }
     }
@@ -83,6 +86,7 @@ pub struct Engine {
     pool: BufferPool,
     shared: Arc<Shared>,
     idle_timeout: Duration,
+    lease_timeout: Duration,
     read_ahead: usize,
 }
 
@@ -134,6 +138,9 @@ pub struct Sink {
     pub hasher: Sha256,
     pub chunk: Option<ChunkDigest>,
     pub written: u64,
+    /// Tracks this sink's background writes, so a later writer of the same file can wait for
+    /// writes left running by a request that was dropped mid-flight.
+    pub tracker: Option<tokio_util::task::TaskTracker>,
 }
 
 impl Sink {
@@ -148,6 +155,7 @@ impl Sink {
             hasher,
             chunk: None,
             written: 0,
+            tracker: None,
         }
     }
 }
@@ -236,6 +244,7 @@ impl Engine {
                 metrics: EngineMetrics::register(registry)?,
             }),
             idle_timeout,
+            lease_timeout: cfg.lease_timeout,
             read_ahead: cfg.read_ahead,
         })
     }
@@ -371,7 +380,10 @@ impl Engine {
             while data.has_remaining() {
                 let b = match &mut buf {
                     Some(b) => b,
-                    None => buf.insert(self.pool.lease(tier).await),
+                    None => match self.pool.lease_or_smaller(tier, self.lease_timeout).await {
+                        Some(l) => buf.insert(l),
+                        None => return Err(Failure::plain(EngineError::Busy)),
+                    },
                 };
                 let n = b.fill_from(data.chunk());
                 data.advance(n);
@@ -495,8 +507,21 @@ impl Engine {
             file,
             segments,
             self.read_ahead,
+            self.lease_timeout,
             guard,
         )
+    }
+}
+
+/// `spawn_blocking`, tracked when a tracker is given.
+fn spawn_tracked<F, R>(tracker: &Option<tokio_util::task::TaskTracker>, f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match tracker {
+        Some(t) => t.spawn_blocking(f),
+        None => tokio::task::spawn_blocking(f),
     }
 }
 
@@ -512,6 +537,7 @@ type BothTask = JoinHandle<io::Result<(File, Hashers)>>;
 
 /// The upload's disk side: at most one hash and one write in flight, in order.
 struct WritePipe {
+    tracker: Option<tokio_util::task::TaskTracker>,
     file: Option<File>,
     hasher: Option<Hashers>,
     written: u64,
@@ -527,6 +553,7 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, EngineError> {
 impl WritePipe {
     fn new(sink: Sink) -> Self {
         Self {
+            tracker: sink.tracker,
             file: Some(sink.file),
             hasher: Some(Hashers {
                 file: sink.hasher,
@@ -566,8 +593,9 @@ impl WritePipe {
             return;
         };
         self.written += buf.len() as u64;
+        let tracker = self.tracker.clone();
         if buf.len() < SPLIT_HASH_MIN {
-            self.both_task = Some(tokio::task::spawn_blocking(move || {
+            self.both_task = Some(spawn_tracked(&tracker, move || {
                 hasher.update(buf.as_ref());
                 file.write_all(buf.as_ref())?;
                 Ok((file, hasher))
@@ -575,11 +603,11 @@ impl WritePipe {
         } else {
             let shared = Arc::new(buf);
             let for_hash = shared.clone();
-            self.hash_task = Some(tokio::task::spawn_blocking(move || {
+            self.hash_task = Some(spawn_tracked(&tracker, move || {
                 hasher.update(for_hash.as_ref().as_ref());
                 hasher
             }));
-            self.write_task = Some(tokio::task::spawn_blocking(move || {
+            self.write_task = Some(spawn_tracked(&tracker, move || {
                 file.write_all(shared.as_ref().as_ref())?;
                 Ok(file)
             }));
@@ -594,6 +622,7 @@ impl WritePipe {
                 hasher: hashers.file,
                 chunk: hashers.chunk,
                 written: self.written,
+                tracker: self.tracker.take(),
             }),
             _ => Err(EngineError::Io(io::Error::other("engine lost its sink"))),
         }

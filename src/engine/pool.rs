@@ -170,6 +170,30 @@ impl BufferPool {
         self.take(tier, permit)
     }
 
+    /// Lease from tier `tier`, or, when the cap leaves no room for it, from the largest smaller
+    /// tier that fits right now; otherwise wait up to `timeout` for the requested tier.
+    /// `None` after the timeout: the caller fails the request (503) instead of queueing
+    /// forever behind clients that hold buffers.
+    pub async fn lease_or_smaller(
+        &self,
+        tier: usize,
+        timeout: std::time::Duration,
+    ) -> Option<Lease> {
+        let tier = tier.min(self.inner.tiers.len().saturating_sub(1));
+        for t in (0..=tier).rev() {
+            if let Some(l) = self.try_lease(t) {
+                return Some(l);
+            }
+        }
+        tokio::time::timeout(timeout, self.lease(0)).await.ok()
+    }
+
+    /// Whether more than half of the cap is leased (transfers then stop reading ahead).
+    pub fn under_pressure(&self) -> bool {
+        let cap = self.inner.metrics.bytes_cap.get();
+        self.inner.metrics.bytes_in_use.get() * 2 > cap
+    }
+
     /// Lease without waiting; `None` when the cap is exhausted.
     pub fn try_lease(&self, tier: usize) -> Option<Lease> {
         let tier = tier.min(self.inner.tiers.len().saturating_sub(1));

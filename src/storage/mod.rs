@@ -134,7 +134,8 @@ impl FsStorage {
         for entry in fs::read_dir(&s.staging)? {
             let entry = entry?;
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with("put-") {
+            let name = name.to_string_lossy();
+            if name.starts_with("put-") || name.starts_with("meta-") {
                 let _ = fs::remove_file(entry.path());
             }
         }

@@ -116,6 +116,23 @@ async fn handle_inner(
             Some(total),
             None,
         )?;
+        // One unfinished upload per target: a repeated creation gets the same session back.
+        if let Some(existing) = store.open_for_target(grant.target.as_str(), Protocol::Chunked) {
+            let m = existing.meta();
+            if m.length != Some(total) {
+                return Err(ApiError::Conflict(
+                    "an upload of this target is already in progress",
+                ));
+            }
+            return Ok(json(
+                StatusCode::CREATED,
+                serde_json::json!({
+                    "session_id": existing.id,
+                    "chunk_size": m.chunk_size.unwrap_or(0),
+                    "total_chunks": m.chunks.len(),
+                }),
+            ));
+        }
         let chunk_size = state.engine.chunk_advice(&client).min(total.max(1));
         let content_type = crate::storage::guess_type(grant.target.file_name());
         let s = store
@@ -150,7 +167,7 @@ async fn handle_inner(
         .ok_or(ApiError::BadRequest(
             "X-Chunk-Number must be a non-negative integer",
         ))?;
-    let s = store.get(&id).await?;
+    let s = store.get_for(&id, Protocol::Chunked).await?;
     // Chunks of one session are written one at a time (in any order), never preempted.
     let mut guard = store.acquire(&s, false).await;
     if s.meta().completed {
@@ -197,7 +214,7 @@ pub async fn status(state: &Arc<AppState>, req: Request<Incoming>) -> Response<R
             .ok_or(ApiError::BadRequest(
                 "session_id query parameter is required",
             ))?;
-        let s = store.get(&id).await?;
+        let s = store.get_for(&id, Protocol::Chunked).await?;
         Ok::<_, ApiError>(json(StatusCode::OK, progress_json(state, &s.meta())))
     };
     r.await.unwrap_or_else(ApiError::into_response)

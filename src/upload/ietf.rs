@@ -366,6 +366,14 @@ async fn create(
             && t.is_ascii()
     });
     let content_type = ct.unwrap_or_else(|| crate::storage::guess_type(grant.target.file_name()));
+    if store
+        .open_for_target(grant.target.as_str(), Protocol::Ietf)
+        .is_some()
+    {
+        return Err(plain(ApiError::Conflict(
+            "an upload of this target is already in progress",
+        )));
+    }
     let session = store
         .create(NewSession {
             protocol: Protocol::Ietf,

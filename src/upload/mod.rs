@@ -112,6 +112,14 @@ pub fn authorize_creation(
     })
 }
 
+/// Whether a client-supplied media type may be stored and later sent as `Content-Type`.
+pub fn valid_media_type(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 255
+        && t.contains('/')
+        && t.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+}
+
 /// The content type to store: the client's, if it is a sane media type, else guessed from the
 /// file name.
 pub fn stored_content_type(headers: &HeaderMap, file_name: &str) -> String {
@@ -119,8 +127,7 @@ pub fn stored_content_type(headers: &HeaderMap, file_name: &str) -> String {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 255 && v.contains('/'))
-        .filter(|v| v.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+        .filter(|v| valid_media_type(v));
     match given {
         Some(v) => v.to_owned(),
         None => crate::storage::guess_type(file_name),

@@ -101,6 +101,9 @@ pub struct Session {
     /// The registered writer: (generation, token to stop it).
     current: Mutex<Option<(u64, CancellationToken)>>,
     generation: std::sync::atomic::AtomicU64,
+    /// Background writes of this session's appends; a new append first waits for writes a
+    /// dropped request left running.
+    io: tokio_util::task::TaskTracker,
 }
 
 impl Session {
@@ -111,6 +114,7 @@ impl Session {
             writer: tokio::sync::Mutex::new(WriterState { hasher }),
             current: Mutex::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
+            io: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -281,6 +285,10 @@ impl SessionStore {
             let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
             };
+            if name.ends_with(".json.tmp") {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             if let Some(id) = name.strip_suffix(".json") {
                 let meta: SessionMeta = match fs::read(&path)
                     .ok()
@@ -294,6 +302,20 @@ impl SessionStore {
                         continue;
                     }
                 };
+                let data = self.data_path(id);
+                let mut meta = meta;
+                if !meta.completed {
+                    // A crash between publishing (the hard link) and recording completion
+                    // leaves the staged name as a second link of the published file: finish.
+                    use std::os::unix::fs::MetadataExt;
+                    if fs::metadata(&data).map(|m| m.nlink() > 1).unwrap_or(false) && !meta.partial
+                    {
+                        let _ = fs::remove_file(&data);
+                        meta.completed = true;
+                        meta.offset = meta.length.unwrap_or(meta.offset);
+                        self.persist(&meta)?;
+                    }
+                }
                 if !meta.completed && meta.protocol != Protocol::Chunked {
                     // Bytes past the recorded offset were never acknowledged: drop them.
                     let data = self.data_path(id);
@@ -359,8 +381,27 @@ impl SessionStore {
         Ok(())
     }
 
+    /// Unfinished sessions (finished ones only linger to answer HEAD; they hold no data).
     pub fn open_count(&self) -> usize {
-        self.live.lock().map(|l| l.len()).unwrap_or(0)
+        self.live
+            .lock()
+            .map(|l| l.values().filter(|s| !s.meta().completed).count())
+            .unwrap_or(0)
+    }
+
+    /// The unfinished session already open for `target` by `protocol`, if any.
+    pub fn open_for_target(&self, target: &str, protocol: Protocol) -> Option<Arc<Session>> {
+        self.live.lock().ok().and_then(|l| {
+            l.values()
+                .find(|s| {
+                    let m = s.meta();
+                    !m.completed
+                        && !m.partial
+                        && m.protocol == protocol
+                        && m.target.as_deref() == Some(target)
+                })
+                .cloned()
+        })
     }
 
     /// Create a session (and its empty data file).
@@ -423,6 +464,20 @@ impl SessionStore {
             .with_label_values(&[n.protocol.label(), "created"])
             .inc();
         Ok(session)
+    }
+
+    /// Look a session of `protocol` up: a session is reachable only through the protocol
+    /// that created it.
+    pub async fn get_for(
+        self: &Arc<Self>,
+        id: &str,
+        protocol: Protocol,
+    ) -> Result<Arc<Session>, ApiError> {
+        let s = self.get(id).await?;
+        if s.meta().protocol != protocol {
+            return Err(ApiError::SessionNotFound);
+        }
+        Ok(s)
     }
 
     /// Look a session up; expired ones are removed on the spot (410).
@@ -517,6 +572,10 @@ impl SessionStore {
             s.preempt();
         }
         let state = s.writer.lock().await;
+        // Writes left running by a request that was dropped mid-append finish first.
+        s.io.close();
+        s.io.wait().await;
+        s.io.reopen();
         let generation = s
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -583,6 +642,7 @@ impl SessionStore {
         };
         let mut sink = Sink::resume(file, hasher.clone());
         sink.chunk = digest;
+        sink.tracker = Some(s.io.clone());
         let result = engine
             .receive_resumable(
                 body,

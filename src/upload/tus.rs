@@ -165,7 +165,7 @@ async fn handle_inner(
     if !is_session_id(rest) {
         return Err(ApiError::SessionNotFound);
     }
-    let session = store.get(rest).await?;
+    let session = store.get_for(rest, Protocol::Tus).await?;
     match method {
         Method::HEAD => head(state, &session).await,
         Method::PATCH => patch(state, &session, req).await,
@@ -179,6 +179,10 @@ async fn handle_inner(
             allow: "OPTIONS, POST, HEAD, PATCH, DELETE",
         }),
     }
+}
+
+fn body_in(h: &HeaderMap) -> bool {
+    hv(h, "content-length").is_some_and(|v| v != "0") || h.contains_key("transfer-encoding")
 }
 
 fn location(state: &AppState, id: &str) -> String {
@@ -347,8 +351,25 @@ async fn create(
         }
     }
     let content_type = meta_value(&pairs, &["filetype", "contentType", "type"])
-        .filter(|t| t.contains('/') && t.len() <= 255 && t.is_ascii())
+        .filter(|t| super::valid_media_type(t))
         .unwrap_or_else(|| crate::storage::guess_type(grant.target.file_name()));
+    // One unfinished upload per target: a repeated creation (a client that lost the 201)
+    // gets the same upload back; a different one is a conflict. A grant thus opens at most
+    // one session at a time.
+    if let Some(existing) = store.open_for_target(grant.target.as_str(), Protocol::Tus) {
+        let m = existing.meta();
+        if m.length != length || m.partial != partial || body_in(&h) {
+            return Err(ApiError::Conflict(
+                "an upload of this target is already in progress",
+            ));
+        }
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::CREATED;
+        set(&mut r, "location", &location(state, &existing.id));
+        set(&mut r, "upload-offset", &m.offset.to_string());
+        set(&mut r, "upload-expires", &expires(&m));
+        return Ok(r);
+    }
     let session = store
         .create(NewSession {
             protocol: Protocol::Tus,
@@ -418,7 +439,7 @@ async fn create_final(
     let mut total: u64 = 0;
     for url in urls.split_whitespace() {
         let id = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-        let s = store.get(id).await?;
+        let s = store.get_for(id, Protocol::Tus).await?;
         let m = s.meta();
         if !m.partial || !m.completed {
             return Err(ApiError::BadRequest(
@@ -456,7 +477,7 @@ async fn create_final(
         meta_value(&pairs, &["filename", "name"]).as_deref(),
     )?;
     let content_type = meta_value(&pairs, &["filetype", "contentType", "type"])
-        .filter(|t| t.contains('/') && t.len() <= 255 && t.is_ascii())
+        .filter(|t| super::valid_media_type(t))
         .unwrap_or_else(|| crate::storage::guess_type(grant.target.file_name()));
     let session = store
         .create(NewSession {

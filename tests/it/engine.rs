@@ -201,3 +201,37 @@ async fn small_download_uses_the_smallest_tier() {
         before + 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_holding_buffers_cannot_stall_others_forever() {
+    let s = TestServer::start_with(|c| {
+        c.engine.memory_cap = bytesize::ByteSize::mib(2);
+        c.engine.lease_timeout = Duration::from_millis(500);
+    })
+    .await;
+    assert_eq!(
+        s.put("h/big.bin", data(20 * 1024 * 1024, 1)).await,
+        StatusCode::CREATED
+    );
+    // Three clients ask for a large file and never read (their buffers stay leased).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = s.connect().await;
+        write(
+            &mut c,
+            b"GET /upload/h/big.bin HTTP/1.1\r\nHost: x\r\nUser-Agent: curl/8\r\n\r\n",
+        )
+        .await;
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Others get an answer in bounded time: served from a smaller free tier, or 503.
+    let started = std::time::Instant::now();
+    let st = s.put("h/small.bin", data(100_000, 2)).await;
+    assert!(
+        st == StatusCode::CREATED || st == StatusCode::SERVICE_UNAVAILABLE,
+        "{st}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(held);
+}

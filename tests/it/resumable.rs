@@ -975,3 +975,57 @@ async fn crash_during_uploads_then_resume_all() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn sessions_are_bound_to_their_protocol_and_target() {
+    let s = TestServer::start().await;
+    // A chunked session is not reachable through tus.
+    let m = sluice::auth::mac::sign_hex(
+        SECRET.as_bytes(),
+        &sluice::auth::mac::message_v1("x/c.bin", 100),
+    );
+    let r = s
+        .client
+        .post(format!("{}/chunked-upload?v={m}", s.base()))
+        .header("x-filename", "x/c.bin")
+        .header("x-total-size", "100")
+        .send()
+        .await
+        .unwrap();
+    let j: serde_json::Value = r.json().await.unwrap();
+    let id = j["session_id"].as_str().unwrap().to_owned();
+    let tus_url = format!("{}/upload/tus/{id}", s.base());
+    assert_eq!(head(&s, &tus_url).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        patch(&s, &tus_url, 0, vec![1; 10], &[]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    // Repeating a creation with the same grant returns the same upload, never a second one.
+    let a = tus_create(&s, "x/once.bin", 10).await;
+    let b = tus_create(&s, "x/once.bin", 10).await;
+    assert_eq!(a, b);
+    assert_eq!(
+        s.metric("sluice_sessions_total{event=\"created\",protocol=\"tus\"}")
+            .await,
+        1.0
+    );
+    // A tus filetype with control characters is not stored as the Content-Type.
+    let meta = format!(
+        "filetype {}",
+        base64::engine::general_purpose::STANDARD.encode(b"text/html\x0bx/y")
+    );
+    let r = s
+        .client
+        .post(tus_create_url(&s, "x/ctl.bin", 3))
+        .header(TUS.0, TUS.1)
+        .header("upload-length", "3")
+        .header("upload-metadata", meta)
+        .header("content-type", "application/offset+octet-stream")
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = s.client.get(s.url("x/ctl.bin")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+}
