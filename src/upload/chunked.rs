@@ -12,19 +12,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::error::ApiError;
 use crate::response::{full, ResBody};
 use crate::state::AppState;
+use crate::upload::header_text as hv;
 use crate::upload::session::{NewSession, Protocol, SessionMeta};
-
-fn hv(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
-}
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<ResBody> {
     let mut r = Response::new(full(Bytes::from(v.to_string())));

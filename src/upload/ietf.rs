@@ -18,22 +18,17 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::error::ApiError;
 use crate::response::{empty, ResBody};
 use crate::state::AppState;
 use crate::upload::session::{is_session_id, NewSession, Protocol, Session, SessionMeta};
+use crate::upload::{header_text as hv, header_u64 as parse_u64, set_header as set};
 
 /// Newest interop version spoken (the default when a client sends none).
 pub const LATEST_INTEROP: u32 = 8;
-
-fn hv(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
-}
 
 /// The interop version a request speaks (3..=8).
 pub fn interop_version(h: &HeaderMap) -> Result<u32, ApiError> {
@@ -72,25 +67,6 @@ pub fn complete_flag(h: &HeaderMap, version: u32) -> Result<Option<bool>, ApiErr
         Some(v) => sf_bool(&v)
             .map(Some)
             .ok_or(ApiError::BadRequest("Upload-Complete must be ?0 or ?1")),
-    }
-}
-
-fn parse_u64(h: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiError> {
-    match hv(h, name) {
-        None => Ok(None),
-        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::BadRequest("number out of range")),
-        Some(_) => Err(ApiError::BadRequest(
-            "Upload-Offset and Upload-Length must be non-negative integers",
-        )),
-    }
-}
-
-fn set(r: &mut Response<ResBody>, k: &'static str, v: &str) {
-    if let Ok(v) = HeaderValue::from_str(v) {
-        r.headers_mut().insert(k, v);
     }
 }
 
@@ -422,7 +398,7 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
+            h.insert(*k, http::HeaderValue::from_static(v));
         }
         h
     }

@@ -112,6 +112,36 @@ pub fn authorize_creation(
     })
 }
 
+/// A header's value as trimmed text (`None` when absent or not visible ASCII).
+pub fn header_text(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_owned())
+}
+
+/// A non-negative integer header (`Upload-Offset`, `Upload-Length`, `Content-Length`).
+pub fn header_u64(h: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiError> {
+    match header_text(h, name) {
+        None => Ok(None),
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest("header number out of range")),
+        Some(_) => Err(ApiError::BadRequest(match name {
+            "upload-offset" => "Upload-Offset must be a non-negative integer",
+            "upload-length" => "Upload-Length must be a non-negative integer",
+            _ => "Content-Length must be a non-negative integer",
+        })),
+    }
+}
+
+/// Set a response header, skipping values that are not valid header text.
+pub fn set_header(res: &mut http::Response<crate::response::ResBody>, k: &'static str, v: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(v) {
+        res.headers_mut().insert(k, v);
+    }
+}
+
 /// Whether a client-supplied media type may be stored and later sent as `Content-Type`.
 pub fn valid_media_type(t: &str) -> bool {
     !t.is_empty()

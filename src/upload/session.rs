@@ -591,6 +591,27 @@ impl SessionStore {
         }
     }
 
+    /// Flush `file` (per durability), then persist `meta`: the recorded offset never claims
+    /// bytes that are not stored.
+    async fn record(
+        self: &Arc<Self>,
+        file: Option<File>,
+        meta: SessionMeta,
+    ) -> Result<(), ApiError> {
+        let (this, durability) = (self.clone(), self.durability);
+        tokio::task::spawn_blocking(move || {
+            if let Some(f) = file {
+                if durability == Durability::Fsync {
+                    f.sync_data()?;
+                }
+            }
+            this.persist(&meta)
+        })
+        .await
+        .map_err(blocking_err)?
+        .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))
+    }
+
     fn data_file(&self, id: &str, offset: u64) -> io::Result<File> {
         let mut f = OpenOptions::new()
             .read(true)
@@ -689,24 +710,12 @@ impl SessionStore {
         }
         let written = sink.written;
         let new_offset = start + written;
-        let this = self.clone();
         let mut m = meta.clone();
         m.offset = new_offset;
         m.expires_at = now_secs() + self.ttl.as_secs();
         let file = sink.file;
-        let durability = self.durability;
-        let m2 = m.clone();
-        tokio::task::spawn_blocking(move || {
-            // Data first, then the offset that claims it.
-            if durability == Durability::Fsync {
-                file.sync_data()?;
-            }
-            drop(file);
-            this.persist(&m2)
-        })
-        .await
-        .map_err(blocking_err)?
-        .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))?;
+        // Data first, then the offset that claims it.
+        self.record(Some(file), m.clone()).await?;
         guard.state.hasher = Some(sink.hasher);
         if let Ok(mut cur) = s.meta.lock() {
             *cur = m;
@@ -775,18 +784,7 @@ impl SessionStore {
             .map(|(i, _)| cs.min(len - i as u64 * cs))
             .sum();
         m.expires_at = now_secs() + self.ttl.as_secs();
-        let this = self.clone();
-        let (file, durability, m2) = (sink.file, self.durability, m.clone());
-        tokio::task::spawn_blocking(move || {
-            if durability == Durability::Fsync {
-                file.sync_data()?;
-            }
-            drop(file);
-            this.persist(&m2)
-        })
-        .await
-        .map_err(blocking_err)?
-        .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))?;
+        self.record(Some(sink.file), m.clone()).await?;
         // Out-of-order chunks: the whole-file hash is rebuilt at completion.
         guard.state.hasher = None;
         if let Ok(mut cur) = s.meta.lock() {
@@ -816,17 +814,7 @@ impl SessionStore {
             .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))?;
         let mut m = s.meta();
         m.offset = total;
-        let (this, durability, m2) = (self.clone(), self.durability, m.clone());
-        tokio::task::spawn_blocking(move || {
-            if durability == Durability::Fsync {
-                file.sync_data()?;
-            }
-            drop(file);
-            this.persist(&m2)
-        })
-        .await
-        .map_err(blocking_err)?
-        .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))?;
+        self.record(Some(file), m.clone()).await?;
         guard.state.hasher = Some(hasher);
         if let Ok(mut cur) = s.meta.lock() {
             *cur = m;
@@ -838,12 +826,7 @@ impl SessionStore {
     pub async fn set_length(self: &Arc<Self>, s: &Session, length: u64) -> Result<(), ApiError> {
         let mut m = s.meta();
         m.length = Some(length);
-        let this = self.clone();
-        let m2 = m.clone();
-        tokio::task::spawn_blocking(move || this.persist(&m2))
-            .await
-            .map_err(blocking_err)?
-            .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))?;
+        self.record(None, m.clone()).await?;
         if let Ok(mut cur) = s.meta.lock() {
             *cur = m;
         }
@@ -901,12 +884,7 @@ impl SessionStore {
                 return Err(e);
             }
         }
-        let this = self.clone();
-        let m2 = m.clone();
-        tokio::task::spawn_blocking(move || this.persist(&m2))
-            .await
-            .map_err(blocking_err)?
-            .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))?;
+        self.record(None, m.clone()).await?;
         if let Ok(mut cur) = s.meta.lock() {
             *cur = m.clone();
         }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::engine::ChunkDigest;
@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::response::{empty, ResBody};
 use crate::state::AppState;
 use crate::upload::session::{is_session_id, NewSession, Protocol, Session, SessionMeta};
+use crate::upload::{header_text as hv, header_u64 as parse_u64, set_header as set};
 
 pub const VERSION: &str = "1.0.0";
 pub const EXTENSIONS: &str =
@@ -73,33 +74,6 @@ fn meta_value(pairs: &[(String, Option<Vec<u8>>)], keys: &[&str]) -> Option<Stri
         .find(|(k, _)| keys.contains(&k.as_str()))
         .and_then(|(_, v)| v.as_ref())
         .and_then(|v| String::from_utf8(v.clone()).ok())
-}
-
-fn hv(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
-}
-
-fn parse_u64(h: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiError> {
-    match hv(h, name) {
-        None => Ok(None),
-        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::BadRequest("number out of range")),
-        Some(_) => Err(ApiError::BadRequest(match name {
-            "upload-offset" => "Upload-Offset must be a non-negative integer",
-            "upload-length" => "Upload-Length must be a non-negative integer",
-            _ => "Content-Length must be a non-negative integer",
-        })),
-    }
-}
-
-fn set(res: &mut Response<ResBody>, k: &'static str, v: &str) {
-    if let Ok(v) = HeaderValue::from_str(v) {
-        res.headers_mut().insert(k, v);
-    }
 }
 
 fn expires(meta: &SessionMeta) -> String {
