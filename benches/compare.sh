@@ -145,6 +145,12 @@ stored_path() { # server path -> where the server keeps it
     *) printf '%s/%s/store/files/%s' "$WORK" "$1" "$2" ;;
   esac
 }
+# The served copies are read once before a timed GET, so that both servers start from the page
+# cache (a VM may page out cold page cache between cases; nginx serves a hard link of the source
+# file, Sluice its own stored copy).
+warm() { # server file
+  cat "$(stored_path "$1" "bench/$2")" >/dev/null
+}
 remove_prefix() { # server prefix: delete uploaded benchmark files behind the server (unique names)
   case "$1" in
     nginx) rm -rf "$WORK/nginx/www/upload/$2" ;;
@@ -384,6 +390,7 @@ done
 alive nginx sluice
 
 range_run() { # server
+  warm "$1" f64m.bin
   run_wrk range64k "$1" 16 -s "$HERE/range.lua" "$(base "$1")/upload/bench/f64m.bin" -- "$MID_BYTES" "$RANGE_BLOCK"
   if ! awk -v a="$LAST_AVG" -v b="$RANGE_BLOCK" 'BEGIN { exit !(a >= b) }'; then
     err "$1 range responses average $LAST_AVG bytes, less than $RANGE_BLOCK"
@@ -400,6 +407,7 @@ alive nginx sluice
 bulk_get() { # server streams
   local srv=$1 n=$2 i t0 t1 url
   url="$(base "$srv")/upload/bench/$BIG"
+  warm "$srv" "$BIG"
   show curl -sS -o /dev/null -w '%{http_code} %{size_download}' "$url"
   say "  ($n stream(s) at once, wall time from the first start to the last exit)"
   local pids=()
@@ -534,10 +542,10 @@ ROWS=$WORK/rows.tsv
   done
   printf 'Range GET 64 KiB random, c=16, req/s\trange64k_rps\tnginx\tsluice\n'
   printf 'Range GET 64 KiB random, c=16, p99 ms\trange64k_p99\tnginx\tsluice\n'
-  for n in 1 4; do printf 'GET %s x%s streams, MB/s\tgetbig_%s\tnginx\tsluice\n' "$BIG_LABEL" "$n" "$n"; done
+  for n in 1 4; do printf 'GET %s, %s parallel, MB/s\tgetbig_%s\tnginx\tsluice\n' "$BIG_LABEL" "$n" "$n"; done
   for n in 1 4; do
-    printf 'PUT %s x%s streams, MB/s (sluice durability=none)\tputbig_%s\tnginx\tsluice\n' "$BIG_LABEL" "$n" "$n"
-    printf 'PUT %s x%s streams, MB/s (sluice durability=fsync)\tputbig_%s\tnginx\tsluice-fsync\n' "$BIG_LABEL" "$n" "$n"
+    printf 'PUT %s, %s parallel, MB/s (sluice durability=none)\tputbig_%s\tnginx\tsluice\n' "$BIG_LABEL" "$n" "$n"
+    printf 'PUT %s, %s parallel, MB/s (sluice durability=fsync)\tputbig_%s\tnginx\tsluice-fsync\n' "$BIG_LABEL" "$n" "$n"
   done
   printf 'PUT 4 KiB, c=16, req/s (sluice durability=none)\tput4k_rps\tnginx\tsluice\n'
   printf 'PUT 4 KiB, c=16, req/s (sluice durability=fsync)\tput4k_rps\tnginx\tsluice-fsync\n'

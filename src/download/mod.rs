@@ -131,10 +131,19 @@ pub async fn handle(
         Err(_) => return Err(ApiError::NotFound),
     };
     let storage = state.storage.clone();
+    let engine = state.engine.clone();
     let p2 = path.clone();
-    let (file, meta) = tokio::task::spawn_blocking(move || storage.open_file(&p2))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    // One blocking hop opens the file, finds its metadata and, for a small file, reads it
+    // whole into a pool buffer.
+    let (file, meta, whole) = tokio::task::spawn_blocking(move || {
+        let (file, meta) = storage.open_file(&p2)?;
+        let whole = (!head && meta.size <= engine.small_file_max())
+            .then(|| engine.read_small_blocking(&file, meta.size))
+            .flatten();
+        Ok::<_, crate::storage::StorageError>((file, meta, whole))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
 
     let h = req.headers();
     let etag = conditional::format_etag(&meta.sha256);
@@ -285,6 +294,20 @@ pub async fn handle(
             .map(Segment::len)
             .sum();
         state.metrics.download_bytes.inc_by(file_bytes);
+        // A small file already in memory: serve slices of that buffer.
+        let segments = match &whole {
+            Some(buf) => segments
+                .into_iter()
+                .map(|seg| match seg {
+                    Segment::File { offset, len } => {
+                        let (a, b) = (offset as usize, (offset + len) as usize);
+                        Segment::Bytes(buf.slice(a..b.min(buf.len())))
+                    }
+                    other => other,
+                })
+                .collect(),
+            None => segments,
+        };
         let guard = GaugeGuard::new(&state.metrics.downloads_in_flight);
         let client = crate::router::client_of(state, &req);
         let body = state

@@ -484,6 +484,34 @@ impl Engine {
         .map_err(io::Error::other)?
     }
 
+    /// Files up to this size are read whole in one step (see [`Engine::read_small_blocking`]).
+    pub fn small_file_max(&self) -> u64 {
+        self.pool
+            .tier_size(1.min(self.pool.tier_count().saturating_sub(1))) as u64
+    }
+
+    /// For small files: read the whole file into one pool buffer, on the calling (blocking)
+    /// thread, so that opening and reading take one hop off the async workers instead of
+    /// three. `None` when no buffer is free right now or the file is larger than the buffer;
+    /// the caller then streams it with [`Engine::send`].
+    pub fn read_small_blocking(&self, file: &File, len: u64) -> Option<bytes::Bytes> {
+        use std::os::unix::fs::FileExt;
+        let n = usize::try_from(len).ok()?;
+        let tier = self.shared.policy.tier_at_least(n as f64);
+        let mut lease = self.pool.try_lease(tier)?;
+        if lease.capacity() < n {
+            return None;
+        }
+        file.read_exact_at(lease.spare_mut(n), 0).ok()?;
+        lease.set_len(n);
+        self.shared
+            .metrics
+            .buffer_bytes
+            .with_label_values(&["download"])
+            .observe(n as f64);
+        Some(bytes::Bytes::from_owner(lease))
+    }
+
     /// A response body that streams `segments`, reading file parts from `file` with positioned
     /// reads into leased buffers, `read_ahead` reads ahead of the socket. `guard` lives as long
     /// as the body (e.g. an in-flight gauge), so a client that goes away mid-download still

@@ -76,7 +76,12 @@ pub struct FsStorage {
     meta: PathBuf,
     staging: PathBuf,
     durability: Durability,
+    /// Published files never change, so their metadata can be cached (bounded; cleared
+    /// wholesale when full).
+    meta_cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FileMeta>>>,
 }
+
+const META_CACHE_MAX: usize = 16_384;
 
 /// An upload being written in `staging/`. Dropping it without [`FsStorage::commit`] deletes the
 /// staged file, so a disconnect or error never leaves anything behind.
@@ -127,6 +132,7 @@ impl FsStorage {
             meta: root.join("meta"),
             staging: root.join("staging"),
             durability,
+            meta_cache: Default::default(),
         };
         for d in [&s.files, &s.meta, &s.staging] {
             fs::create_dir_all(d)?;
@@ -208,6 +214,14 @@ impl FsStorage {
         }
         // From here the file is published; metadata problems must not unpublish it.
         let meta_res = self.write_meta(p, meta);
+        if meta_res.is_ok() {
+            if let Ok(mut c) = self.meta_cache.lock() {
+                if c.len() >= META_CACHE_MAX {
+                    c.clear();
+                }
+                c.insert(p.as_str().to_owned(), meta.clone());
+            }
+        }
         staged.committed = true;
         let _ = fs::remove_file(&staged.path);
         if self.durability == Durability::Fsync {
@@ -221,6 +235,18 @@ impl FsStorage {
         let dest = p.under(&self.meta);
         let parent = dest.parent().unwrap_or(&self.meta).to_path_buf();
         create_dirs(&parent)?;
+        // Usually no metadata exists yet for a newly published name: write it in place (a
+        // reader that finds it partial or missing rebuilds it from the file). A leftover from
+        // a crash is replaced through a temporary file and a rename.
+        if let Ok(mut f) = OpenOptions::new().write(true).create_new(true).open(&dest) {
+            let json =
+                serde_json::to_vec(meta).map_err(|e| StorageError::Io(io::Error::other(e)))?;
+            f.write_all(&json)?;
+            if self.durability == Durability::Fsync {
+                f.sync_all()?;
+            }
+            return Ok(());
+        }
         let mut raw = [0u8; 8];
         getrandom::fill(&mut raw).map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
         let tmp = self.staging.join(format!("meta-{}", hex::encode(raw)));
@@ -246,6 +272,15 @@ impl FsStorage {
         if !md.is_file() {
             return Err(StorageError::NotFound);
         }
+        let cached = self
+            .meta_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(p.as_str()).cloned())
+            .filter(|m| m.size == md.len());
+        if let Some(m) = cached {
+            return Ok((file, m));
+        }
         let meta = match fs::read(p.under(&self.meta)) {
             Ok(bytes) => match serde_json::from_slice::<FileMeta>(&bytes) {
                 Ok(m) if m.size == md.len() => Some(m),
@@ -261,6 +296,12 @@ impl FsStorage {
                 m
             }
         };
+        if let Ok(mut c) = self.meta_cache.lock() {
+            if c.len() >= META_CACHE_MAX {
+                c.clear();
+            }
+            c.insert(p.as_str().to_owned(), meta.clone());
+        }
         Ok((file, meta))
     }
 }
@@ -385,6 +426,8 @@ mod tests {
         a.file().unwrap().write_all(b"abc").unwrap();
         s.commit(a, &sp("k/abc.txt"), &meta(3)).unwrap();
         fs::remove_file(dir.path().join("meta/k/abc.txt")).unwrap();
+        // As after a crash between publishing and writing metadata: a new process.
+        let s = FsStorage::open(dir.path(), Durability::None).unwrap();
         let (_, m) = s.open_file(&sp("k/abc.txt")).unwrap();
         assert_eq!(
             m.sha256,

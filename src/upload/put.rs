@@ -89,6 +89,7 @@ fn drain_in_background(mut body: Incoming, idle: std::time::Duration) {
 /// What `prepare` established before any body byte is read.
 struct Prepared {
     path: StoredPath,
+    staged: crate::storage::Staged,
     len: u64,
     max: u64,
     grant: crate::auth::Grant,
@@ -148,17 +149,20 @@ async fn prepare(
         authorization: header_str(parts, header::AUTHORIZATION),
         now: std::time::SystemTime::now(),
     })?;
-    // Early conflict check (the commit re-checks atomically).
+    // Early conflict check (the commit re-checks atomically) and staging, in one hop.
     let (storage, p2) = (state.storage.clone(), path.clone());
-    if tokio::task::spawn_blocking(move || storage.exists(&p2))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-    {
-        return Err(ApiError::Exists);
-    }
+    let staged = tokio::task::spawn_blocking(move || {
+        if storage.exists(&p2) {
+            return Err(ApiError::Exists);
+        }
+        storage.stage().map_err(ApiError::from)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
     let content_type = super::stored_content_type(&parts.headers, path.file_name());
     Ok(Prepared {
         path,
+        staged,
         len,
         max,
         grant,
@@ -174,11 +178,7 @@ async fn receive_and_commit(
 ) -> Result<Response<ResBody>, (ApiError, bool)> {
     let close = |e: ApiError| (e, true);
     let storage = state.storage.clone();
-    let s2 = storage.clone();
-    let mut staged = tokio::task::spawn_blocking(move || s2.stage())
-        .await
-        .map_err(|e| close(ApiError::Internal(e.to_string())))?
-        .map_err(|e| close(e.into()))?;
+    let mut staged = prep.staged;
     let _in_flight = GaugeGuard::new(&state.metrics.uploads_in_flight);
     let file = staged
         .take_file()
