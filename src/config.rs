@@ -332,7 +332,7 @@ impl Default for EngineConfig {
             fixed_buffer: ByteSize::kib(256),
             max_idle_per_tier: 64,
             preallocate_per_tier: 0,
-            memory_cap: ByteSize::mib(256),
+            memory_cap: ByteSize::mib(32),
             target_buffer_time: Duration::from_millis(20),
             stall_threshold: Duration::from_millis(500),
             read_ahead: 2,

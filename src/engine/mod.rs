@@ -380,7 +380,20 @@ impl Engine {
             while data.has_remaining() {
                 let b = match &mut buf {
                     Some(b) => b,
-                    None => match self.pool.lease_or_smaller(tier, self.lease_timeout).await {
+                    // Under memory pressure bulk uploads step down to small buffers, so many
+                    // concurrent transfers share the cap instead of queueing for it.
+                    None => match self
+                        .pool
+                        .lease_or_smaller(
+                            if self.pool.under_pressure() {
+                                tier.min(1)
+                            } else {
+                                tier
+                            },
+                            self.lease_timeout,
+                        )
+                        .await
+                    {
                         Some(l) => buf.insert(l),
                         None => return Err(Failure::plain(EngineError::Busy)),
                     },

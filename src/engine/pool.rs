@@ -3,6 +3,8 @@
 //! Size classes come from `[engine] tiers`. A [`Lease`] holds one buffer and a share of the
 //! global memory cap (a semaphore counted in KiB); both go back on `Drop`, so a disconnect never
 //! leaks a buffer. When the cap is reached, `lease` waits (backpressure) rather than growing.
+//! Idle buffers count against the cap too: leased plus idle bytes never exceed it (idle ones
+//! are freed first), so the pool's whole footprint is bounded by `memory_cap`.
 //! Up to `max_idle_per_tier` returned buffers are kept per tier for reuse (a hit); otherwise a
 //! new buffer is allocated (a miss).
 
@@ -78,6 +80,8 @@ struct Inner {
     tiers: Vec<Tier>,
     max_idle: usize,
     cap: Arc<Semaphore>,
+    cap_bytes: i64,
+    idle_bytes: std::sync::atomic::AtomicI64,
     metrics: PoolMetrics,
 }
 
@@ -117,6 +121,8 @@ impl BufferPool {
                 tiers,
                 max_idle,
                 cap: Arc::new(Semaphore::new(kib(cap) as usize)),
+                cap_bytes: cap as i64,
+                idle_bytes: std::sync::atomic::AtomicI64::new(0),
                 metrics,
             }),
         }
@@ -140,8 +146,18 @@ impl BufferPool {
     pub fn preallocate(&self, per_tier: usize) {
         for t in &self.inner.tiers {
             if let Ok(mut idle) = t.idle.lock() {
-                while idle.len() < per_tier.min(self.inner.max_idle) {
+                while idle.len() < per_tier.min(self.inner.max_idle)
+                    && self
+                        .inner
+                        .idle_bytes
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        + t.size as i64
+                        <= self.inner.cap_bytes
+                {
                     idle.push(vec![0u8; t.size]);
+                    self.inner
+                        .idle_bytes
+                        .fetch_add(t.size as i64, std::sync::atomic::Ordering::Relaxed);
                 }
                 self.inner
                     .metrics
@@ -212,6 +228,11 @@ impl BufferPool {
         let t = &inner.tiers[tier];
         let reused = t.idle.lock().ok().and_then(|mut v| {
             let b = v.pop();
+            if b.is_some() {
+                inner
+                    .idle_bytes
+                    .fetch_sub(t.size as i64, std::sync::atomic::Ordering::Relaxed);
+            }
             inner
                 .metrics
                 .idle
@@ -231,6 +252,9 @@ impl BufferPool {
             }
         };
         inner.metrics.bytes_in_use.add(t.size as i64);
+        if reused_none_over_cap(inner) {
+            trim_idle(inner);
+        }
         Lease {
             buf,
             len: 0,
@@ -282,6 +306,33 @@ impl Lease {
     }
 }
 
+fn reused_none_over_cap(inner: &Inner) -> bool {
+    let idle = inner.idle_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    inner.metrics.bytes_in_use.get() + idle > inner.cap_bytes
+}
+
+/// Free idle buffers, largest tiers first, until leased + idle bytes fit the cap again.
+fn trim_idle(inner: &Inner) {
+    for t in inner.tiers.iter().rev() {
+        if let Ok(mut idle) = t.idle.lock() {
+            while !idle.is_empty() && reused_none_over_cap(inner) {
+                idle.pop();
+                inner
+                    .idle_bytes
+                    .fetch_sub(t.size as i64, std::sync::atomic::Ordering::Relaxed);
+            }
+            inner
+                .metrics
+                .idle
+                .with_label_values(&[&t.label])
+                .set(idle.len() as i64);
+        }
+        if !reused_none_over_cap(inner) {
+            return;
+        }
+    }
+}
+
 impl AsRef<[u8]> for Lease {
     fn as_ref(&self) -> &[u8] {
         &self.buf[..self.len]
@@ -294,8 +345,17 @@ impl Drop for Lease {
         self.pool.metrics.bytes_in_use.sub(t.size as i64);
         let buf = std::mem::take(&mut self.buf);
         if let Ok(mut idle) = t.idle.lock() {
-            if idle.len() < self.pool.max_idle {
+            let idle_bytes = self
+                .pool
+                .idle_bytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let fits = self.pool.metrics.bytes_in_use.get() + idle_bytes + t.size as i64
+                <= self.pool.cap_bytes;
+            if idle.len() < self.pool.max_idle && fits {
                 idle.push(buf);
+                self.pool
+                    .idle_bytes
+                    .fetch_add(t.size as i64, std::sync::atomic::Ordering::Relaxed);
             }
             self.pool
                 .metrics
@@ -362,6 +422,26 @@ mod tests {
         drop(ls);
         let idle = p.inner.tiers[0].idle.lock().unwrap().len();
         assert_eq!(idle, 2);
+    }
+
+    #[tokio::test]
+    async fn leased_plus_idle_never_exceed_the_cap() {
+        // Cap 128 KiB: two 64 KiB leases returned leave 128 KiB idle; a 16 KiB miss then
+        // frees idle memory instead of growing past the cap.
+        let p = pool(128 * 1024);
+        drop(vec![p.lease(1).await, p.lease(1).await]);
+        assert_eq!(
+            p.inner
+                .idle_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            128 * 1024
+        );
+        let _small = p.lease(0).await;
+        let idle = p
+            .inner
+            .idle_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(idle + 16 * 1024 <= 128 * 1024, "idle {idle}");
     }
 
     #[tokio::test]
