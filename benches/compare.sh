@@ -159,11 +159,12 @@ remove_prefix() { # server prefix: delete uploaded benchmark files behind the se
 }
 # Competing load. This is a shared 2-CPU box: a compile next to the benchmark halves the
 # numbers. Each measurement is timed together with the user-mode CPU ticks of the whole machine
-# minus those of this script, its reaped children (wrk, curl, python) and the live servers.
+# (plus the time the hypervisor stole) minus those of this script, its reaped children (wrk,
+# curl, python) and the live servers.
 # Kernel threads (writeback of our own uploads, softirq) are left out on purpose. A run in which
 # other processes used more than OTHER_LIMIT % of the CPUs is repeated (up to QUIET_RETRIES
 # times, after waiting for a quiet second, within a total waiting budget of QUIET_BUDGET s).
-user_ticks() { awk '/^cpu / { print $2 + $3 }' /proc/stat; }
+user_ticks() { awk '/^cpu / { print $2 + $3 + $9 }' /proc/stat; } # user + nice + steal
 own_user_ticks() {
   local t p
   t=$(sed 's/.*) //' "/proc/$$/stat" | awk '{ print $12 + $14 }')
@@ -237,7 +238,7 @@ FACTS=$WORK/facts.md
   say "- mode: $MODE; rounds: $ROUNDS (A B order per round: nginx, sluice[, sluice-fsync]); wrk runs: ${DUR} s; big file: $BIG_LABEL"
   say "- machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
   say "- temp dir filesystem: $(df -PT "$WORK" | awk 'NR==2 {print $2}')"
-  say "- sluice: $("$SLUICE" --version) ($SLUICE), SLUICE_LOG=warn"
+  say "- sluice: $("$SLUICE" --version) ($SLUICE, built $(date -u -r "$SLUICE" '+%Y-%m-%d %H:%M UTC'), sha256 $(sha256sum "$SLUICE" | cut -c1-12)), SLUICE_LOG=warn"
   say "- $("$NGINX" -v 2>&1 | head -1), worker_processes auto, sendfile on, tcp_nopush off, access_log off, dav PUT"
   say "- $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//'), $(curl --version | head -1 | cut -d' ' -f1-2), $(python3 --version)"
 } >"$FACTS"

@@ -204,11 +204,35 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
     res
 }
 
+/// Size of the request head as sent: request target plus header fields.
+fn head_size<B>(req: &Request<B>) -> u64 {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (target + fields) as u64
+}
+
 async fn dispatch(
     state: &Arc<AppState>,
     route: Route,
     req: Request<Incoming>,
 ) -> Response<ResBody> {
+    if head_size(&req) > state.config.server.max_header_size.as_u64() {
+        let mut r = response::text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head is larger than the limit\n",
+        );
+        r.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        return r;
+    }
     let result = match route {
         Route::Health => Ok(response::text(StatusCode::OK, "ok\n")),
         Route::Metrics => {

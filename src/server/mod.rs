@@ -27,11 +27,14 @@ use crate::state::AppState;
 fn builder(state: &AppState) -> auto::Builder<TokioExecutor> {
     let cfg = &state.config.server;
     let max_header = usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX);
+    let read_buffer = usize::try_from(cfg.read_buffer.as_u64()).unwrap_or(usize::MAX);
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(max_header.max(8192))
+        // hyper's read buffer caps both the head being parsed and each body read; the
+        // configured head limit itself is checked per request (431) by the router.
+        .max_buf_size(read_buffer.max(max_header).max(8192))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

@@ -169,6 +169,15 @@ async fn oversized_header_is_refused() {
         resp.is_empty() || resp.starts_with("HTTP/1.1 431"),
         "{resp}"
     );
+    // Within hyper's read buffer but over max_header_size (16 KiB): 431 from Sluice.
+    let mid = "b".repeat(20 * 1024);
+    let resp = raw_request(
+        &s,
+        &format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Mid: {mid}\r\n\r\n"),
+        b"",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
     // The server is still healthy for others.
     let r = s
         .client
