@@ -250,6 +250,10 @@ def tus_vs_put(binary):
         assert status == 201, status
         path = "t/whole.bin"
         c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+        c.connect()
+        # http.client writes head and body separately; without TCP_NODELAY Nagle plus the
+        # server's delayed ACK add ~40 ms to every PATCH (a client artefact, not Sluice's).
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         t0 = time.monotonic()
         c.request("POST", "/tus" + signed(path, size), headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(size)})
         r = c.getresponse()

@@ -81,6 +81,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Cap on concurrently open connections (further accepts wait).
     pub max_connections: usize,
+    /// Threads for blocking file I/O (tokio's blocking pool).
+    pub blocking_threads: usize,
     /// A refused upload whose declared body is at most this large is read and discarded, so
     /// the refusal reaches the client (and proxies) intact; larger ones close the connection.
     pub drain_limit: ByteSize,
@@ -101,6 +103,7 @@ impl Default for ServerConfig {
             read_buffer: ByteSize::kib(64),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 4096,
+            blocking_threads: 64,
             drain_limit: ByteSize::mib(64),
             trust_forwarded_for: false,
         }
@@ -500,6 +503,9 @@ impl Config {
         if self.server.read_buffer.as_u64() < 8192 || self.server.read_buffer.as_u64() > 16 << 20 {
             // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
             return bad("server.read_buffer must be between 8KiB and 16MiB".into());
+        }
+        if self.server.blocking_threads == 0 {
+            return bad("server.blocking_threads must be at least 1".into());
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections must be at least 1".into());

@@ -79,8 +79,12 @@ fn main() -> Result<()> {
             if let Some(path) = &settings.generated_secret {
                 print_first_start(&settings, path);
             }
+            // Blocking file I/O runs on tokio's blocking pool; on a small machine a few dozen
+            // threads keep the disk busy, and more only cost memory (thread stacks, RSS).
+            let blocking = settings.config.server.blocking_threads;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .max_blocking_threads(blocking)
                 .build()?
                 .block_on(serve(settings))
         }
