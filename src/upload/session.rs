@@ -389,6 +389,21 @@ impl SessionStore {
             .unwrap_or(0)
     }
 
+    /// Partial (concatenation) uploads open for `target`, finished or not.
+    pub fn partials_for_target(&self, target: &str) -> usize {
+        self.live
+            .lock()
+            .map(|l| {
+                l.values()
+                    .filter(|s| {
+                        let m = s.meta();
+                        m.partial && m.target.as_deref() == Some(target)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// The unfinished session already open for `target` by `protocol`, if any.
     pub fn open_for_target(&self, target: &str, protocol: Protocol) -> Option<Arc<Session>> {
         self.live.lock().ok().and_then(|l| {

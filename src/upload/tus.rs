@@ -25,6 +25,8 @@ pub const EXTENSIONS: &str =
     "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination,concatenation";
 pub const CHECKSUM_ALGORITHMS: &str = "sha1,sha256,md5";
 const OFFSET_CT: &str = "application/offset+octet-stream";
+/// Cap on partial uploads (concatenation parts) per target.
+pub const MAX_PARTS_PER_TARGET: usize = 16;
 
 /// Parsed `Upload-Checksum: <algorithm> <base64>`.
 pub fn parse_checksum(v: &str) -> Result<(ChunkDigest, Vec<u8>), ApiError> {
@@ -330,6 +332,13 @@ async fn create(
     // One unfinished upload per target: a repeated creation (a client that lost the 201)
     // gets the same upload back; a different one is a conflict. A grant thus opens at most
     // one session at a time.
+    // Parallel parts of one concatenated upload: a bounded number per target, so one grant
+    // cannot open sessions without end.
+    if partial && store.partials_for_target(grant.target.as_str()) >= MAX_PARTS_PER_TARGET {
+        return Err(ApiError::Conflict(
+            "too many partial uploads for this target",
+        ));
+    }
     if let Some(existing) = store.open_for_target(grant.target.as_str(), Protocol::Tus) {
         let m = existing.meta();
         if m.length != length || m.partial != partial || body_in(&h) {

@@ -436,6 +436,29 @@ async fn tus_concatenation_of_partials() {
         assert_eq!(head(&s, &url).await.1["upload-concat"], "partial");
         parts.push(loc);
     }
+    // One grant opens a bounded number of partial uploads.
+    for i in 1..sluice::upload::tus::MAX_PARTS_PER_TARGET {
+        let r = s
+            .client
+            .post(tus_create_url(&s, "t/p1", 7000))
+            .header(TUS.0, TUS.1)
+            .header("upload-length", "7000")
+            .header("upload-concat", "partial")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "part {i}");
+    }
+    let r = s
+        .client
+        .post(tus_create_url(&s, "t/p1", 7000))
+        .header(TUS.0, TUS.1)
+        .header("upload-length", "7000")
+        .header("upload-concat", "partial")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
     // Partials are never published.
     assert_eq!(s.get_bytes("t/p1").await.0, StatusCode::NOT_FOUND);
     let r = s
