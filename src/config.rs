@@ -213,6 +213,13 @@ pub struct DownloadConfig {
     pub max_ranges: usize,
     /// `Cache-Control` sent with stored files (they are immutable once published).
     pub cache_control: String,
+    /// Memory for hot small files (up to 64 KiB each) answered without touching the disk;
+    /// counted against `engine.memory_cap` (at most a quarter of it is used) and dropped under
+    /// memory pressure. 0 = off.
+    pub hot_cache: ByteSize,
+    /// A cached file is checked against the disk again after this long.
+    #[serde(with = "humantime_serde")]
+    pub hot_cache_ttl: Duration,
 }
 
 impl Default for DownloadConfig {
@@ -220,6 +227,8 @@ impl Default for DownloadConfig {
         Self {
             max_ranges: 16,
             cache_control: "public, max-age=31536000, immutable".to_owned(),
+            hot_cache: ByteSize::mib(4),
+            hot_cache_ttl: Duration::from_secs(10),
         }
     }
 }

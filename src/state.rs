@@ -26,6 +26,8 @@ pub struct AppState {
     pub auth: Authorizer,
     pub engine: Engine,
     pub metrics: Metrics,
+    /// Hot small files (see `download::cache`).
+    pub hot: crate::download::cache::HotCache,
     /// Resumable upload sessions (`None` when `[resumable] enabled = false`).
     pub sessions: Option<Arc<SessionStore>>,
     /// Rules for uploads (with extension lists).
@@ -72,7 +74,17 @@ impl AppState {
         } else {
             None
         };
+        let hot_bytes = config
+            .download
+            .hot_cache
+            .as_u64()
+            .min(config.engine.memory_cap.as_u64() / 4);
+        let hot = crate::download::cache::HotCache::new(
+            usize::try_from(hot_bytes).unwrap_or(0),
+            config.download.hot_cache_ttl,
+        );
         Ok(Arc::new(Self {
+            hot,
             config,
             storage,
             auth,

@@ -4,6 +4,7 @@
 //! The decisions are pure functions in the submodules; this file only maps their outcomes to
 //! responses and segments.
 
+pub mod cache;
 pub mod conditional;
 pub mod range;
 
@@ -130,20 +131,33 @@ pub async fn handle(
         // A path that could never have been stored is simply not found.
         Err(_) => return Err(ApiError::NotFound),
     };
-    let storage = state.storage.clone();
-    let engine = state.engine.clone();
-    let p2 = path.clone();
-    // One blocking hop opens the file, finds its metadata and, for a small file, reads it
-    // whole into a pool buffer.
-    let (file, meta, whole) = tokio::task::spawn_blocking(move || {
-        let (file, meta) = storage.open_file(&p2)?;
-        let whole = (!head && meta.size <= engine.small_file_max())
-            .then(|| engine.read_small_blocking(&file, meta.size))
-            .flatten();
-        Ok::<_, crate::storage::StorageError>((file, meta, whole))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    if state.engine.pool().under_pressure() {
+        state.hot.clear();
+    }
+    let (file, meta, whole) = match state.hot.get(path.as_str()) {
+        // A hot small file: no blocking hop at all.
+        Some((meta, data)) => (None, meta, Some(data)),
+        None => {
+            let storage = state.storage.clone();
+            let engine = state.engine.clone();
+            let p2 = path.clone();
+            // One blocking hop opens the file, finds its metadata and, for a small file,
+            // reads it whole into a pool buffer.
+            let (file, meta, whole) = tokio::task::spawn_blocking(move || {
+                let (file, meta) = storage.open_file(&p2)?;
+                let whole = (meta.size <= engine.small_file_max())
+                    .then(|| engine.read_small_blocking(&file, meta.size))
+                    .flatten();
+                Ok::<_, crate::storage::StorageError>((file, meta, whole))
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+            if let Some(data) = &whole {
+                state.hot.put(path.as_str(), &meta, data);
+            }
+            (Some(file), meta, whole)
+        }
+    };
 
     let h = req.headers();
     let etag = conditional::format_etag(&meta.sha256);
@@ -310,9 +324,7 @@ pub async fn handle(
         };
         let guard = GaugeGuard::new(&state.metrics.downloads_in_flight);
         let client = crate::router::client_of(state, &req);
-        let body = state
-            .engine
-            .send(Some(file), segments, Some(guard), &client);
+        let body = state.engine.send(file, segments, Some(guard), &client);
         *res.body_mut() = body.boxed_unsync();
     }
     Ok(res)

@@ -292,3 +292,37 @@ async fn unicode_name_gets_rfc5987_disposition() {
         "attachment; filename=\"r_sum_ final.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20final.pdf"
     );
 }
+
+#[tokio::test]
+async fn hot_small_files_come_from_memory_and_expire() {
+    let s = TestServer::start_with(|c| {
+        c.download.hot_cache_ttl = std::time::Duration::from_millis(300)
+    })
+    .await;
+    let body = data(4096, 5);
+    assert_eq!(s.put("h/hot.txt", body.clone()).await, StatusCode::CREATED);
+    assert_eq!(s.get_bytes("h/hot.txt").await.1, body);
+    let leases = s.metric("sluice_pool_leases_total{tier=\"16384\"}").await;
+    for _ in 0..3 {
+        assert_eq!(s.get_bytes("h/hot.txt").await.1, body);
+    }
+    // Served from the cached buffer: no new reads.
+    assert_eq!(
+        s.metric("sluice_pool_leases_total{tier=\"16384\"}").await,
+        leases
+    );
+    // Ranges are served from it too.
+    let r = s
+        .client
+        .get(s.url("h/hot.txt"))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &body[10..20]);
+    // A file removed by hand stops being served once the entry is older than the ttl.
+    std::fs::remove_file(s.files_dir().join("h/hot.txt")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(s.get_bytes("h/hot.txt").await.0, StatusCode::NOT_FOUND);
+}
