@@ -34,6 +34,13 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResBody> {
     res
 }
 
+/// Set a header, skipping a value that is not valid header text (e.g. an odd stored name).
+pub fn set_header(h: &mut HeaderMap, k: impl header::IntoHeaderName, v: &str) {
+    if let Ok(v) = HeaderValue::from_str(v) {
+        h.insert(k, v);
+    }
+}
+
 /// Methods and headers advertised to browsers.
 pub const CORS_METHODS: &str = "OPTIONS, HEAD, GET, PUT, POST, PATCH, DELETE";
 pub const CORS_ALLOW_HEADERS: &str = "Authorization, Content-Type, Range, If-Range, If-Match, \

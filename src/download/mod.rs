@@ -18,7 +18,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use crate::engine::Segment;
 use crate::error::ApiError;
 use crate::metrics::GaugeGuard;
-use crate::response::{empty, text, ResBody};
+use crate::response::{empty, set_header, text, ResBody};
 use crate::state::AppState;
 use crate::storage::{FileMeta, StoredPath};
 
@@ -67,11 +67,7 @@ pub fn content_disposition(content_type: &str, name: &str) -> String {
 
 /// The headers every stored-file response carries.
 fn file_headers(h: &mut HeaderMap, meta: &FileMeta, name: &str, cache_control: &str) {
-    let mut set = |k: header::HeaderName, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(k, v);
-        }
-    };
+    let mut set = |k: header::HeaderName, v: &str| set_header(h, k, v);
     set(header::CONTENT_TYPE, &meta.content_type);
     set(header::ACCEPT_RANGES, "bytes");
     set(header::ETAG, &conditional::format_etag(&meta.sha256));
@@ -239,7 +235,7 @@ pub async fn handle(
             meta.size,
         ),
         range::RangeOutcome::Single(r) => {
-            set(
+            set_header(
                 res.headers_mut(),
                 header::CONTENT_RANGE,
                 &range::content_range(&r, meta.size),
@@ -269,7 +265,7 @@ pub async fn handle(
                     )
                 })
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            set(
+            set_header(
                 res.headers_mut(),
                 header::CONTENT_TYPE,
                 &plan.content_type(),
@@ -289,12 +285,12 @@ pub async fn handle(
         }
         range::RangeOutcome::Unsatisfiable => {
             let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-            set(
+            set_header(
                 r.headers_mut(),
                 header::CONTENT_RANGE,
                 &range::unsatisfied_content_range(meta.size),
             );
-            set(r.headers_mut(), header::ACCEPT_RANGES, "bytes");
+            set_header(r.headers_mut(), header::ACCEPT_RANGES, "bytes");
             return Ok(r);
         }
     };
@@ -328,12 +324,6 @@ pub async fn handle(
         *res.body_mut() = body.boxed_unsync();
     }
     Ok(res)
-}
-
-fn set(h: &mut HeaderMap, k: header::HeaderName, v: &str) {
-    if let Ok(v) = HeaderValue::from_str(v) {
-        h.insert(k, v);
-    }
 }
 
 #[cfg(test)]

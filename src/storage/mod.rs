@@ -215,12 +215,7 @@ impl FsStorage {
         // From here the file is published; metadata problems must not unpublish it.
         let meta_res = self.write_meta(p, meta);
         if meta_res.is_ok() {
-            if let Ok(mut c) = self.meta_cache.lock() {
-                if c.len() >= META_CACHE_MAX {
-                    c.clear();
-                }
-                c.insert(p.as_str().to_owned(), meta.clone());
-            }
+            self.cache_meta(p, meta);
         }
         staged.committed = true;
         let _ = fs::remove_file(&staged.path);
@@ -296,13 +291,18 @@ impl FsStorage {
                 m
             }
         };
+        self.cache_meta(p, &meta);
+        Ok((file, meta))
+    }
+
+    /// Remember a published file's metadata (bounded: cleared wholesale when full).
+    fn cache_meta(&self, p: &StoredPath, meta: &FileMeta) {
         if let Ok(mut c) = self.meta_cache.lock() {
             if c.len() >= META_CACHE_MAX {
                 c.clear();
             }
             c.insert(p.as_str().to_owned(), meta.clone());
         }
-        Ok((file, meta))
     }
 }
 

@@ -54,18 +54,13 @@ fn progress_json(state: &AppState, m: &SessionMeta) -> serde_json::Value {
         "total_chunks": m.chunks.len(),
         "received_chunks": m.chunks.len() - missing.len(),
         "missing_chunks": missing,
-        "url": m.completed.then(|| format!("{}/{}", state.config.server.url_prefix, encode(&target))),
+        "url": m
+            .completed
+            .then(|| crate::storage::StoredPath::parse(&target, &Default::default()).ok())
+            .flatten()
+            .map(|p| super::file_url(state, &p)),
         "sha256": m.sha256,
     })
-}
-
-fn encode(path: &str) -> String {
-    path.split('/')
-        .map(|s| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {

@@ -138,10 +138,7 @@ async fn handle_inner(
             })),
         };
     }
-    let session = store.get(rest).await.map_err(plain)?;
-    if session.meta().protocol != Protocol::Ietf {
-        return Err(plain(ApiError::SessionNotFound));
-    }
+    let session = store.get_for(rest, Protocol::Ietf).await.map_err(plain)?;
     let client = crate::router::client_of(state, &req);
     match method {
         Method::HEAD | Method::GET => {

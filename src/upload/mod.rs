@@ -137,9 +137,19 @@ pub fn header_u64(h: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiE
 
 /// Set a response header, skipping values that are not valid header text.
 pub fn set_header(res: &mut http::Response<crate::response::ResBody>, k: &'static str, v: &str) {
-    if let Ok(v) = http::HeaderValue::from_str(v) {
-        res.headers_mut().insert(k, v);
-    }
+    crate::response::set_header(res.headers_mut(), k, v);
+}
+
+/// The public URL path of a stored file (URL prefix plus percent-encoded segments).
+pub fn file_url(state: &AppState, path: &StoredPath) -> String {
+    let encoded: Vec<String> = path
+        .as_str()
+        .split('/')
+        .map(|s| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        })
+        .collect();
+    format!("{}/{}", state.config.server.url_prefix, encoded.join("/"))
 }
 
 /// Whether a client-supplied media type may be stored and later sent as `Content-Type`.

@@ -117,19 +117,7 @@ pub async fn handle(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     state.metrics.uploads.with_label_values(&["created"]).inc();
-    let url = format!(
-        "{}/{}",
-        state.config.server.url_prefix,
-        target
-            .as_str()
-            .split('/')
-            .map(
-                |s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string()
-            )
-            .collect::<Vec<_>>()
-            .join("/")
-    );
+    let url = super::file_url(state, &target);
     let json = serde_json::json!({
         "path": target.as_str(),
         "url": url,

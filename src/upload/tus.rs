@@ -244,23 +244,17 @@ async fn patch(
     if content_length.is_some_and(|n| n > remaining) {
         return Err(ApiError::TooLarge { max: remaining });
     }
-    let appended = store
-        .append(
-            &state.engine,
-            s,
-            &mut guard,
-            req.into_body(),
-            content_length,
-            remaining,
-            checksum,
-            &client,
-        )
-        .await?;
-    state.metrics.upload_bytes.inc_by(appended.offset - offset);
-    let mut m = s.meta();
-    if m.length == Some(appended.offset) {
-        m = store.complete(&state.engine, s, &mut guard).await?;
-    }
+    let (appended, m) = append_and_complete(
+        state,
+        s,
+        &mut guard,
+        req.into_body(),
+        content_length,
+        remaining,
+        checksum,
+        &client,
+    )
+    .await?;
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     set(&mut r, "upload-offset", &appended.offset.to_string());
@@ -268,6 +262,41 @@ async fn patch(
         set(&mut r, "upload-expires", &expires(&m));
     }
     Ok(r)
+}
+
+/// Append a PATCH (or creation-with-upload) body, count its bytes, and publish the upload
+/// when it reached its length.
+#[allow(clippy::too_many_arguments)]
+async fn append_and_complete(
+    state: &Arc<AppState>,
+    s: &Arc<Session>,
+    guard: &mut crate::upload::session::WriteGuard<'_>,
+    body: Incoming,
+    content_length: Option<u64>,
+    remaining: u64,
+    checksum: Option<(ChunkDigest, Vec<u8>)>,
+    client: &crate::engine::Client,
+) -> Result<(crate::upload::session::Appended, SessionMeta), ApiError> {
+    let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
+    let before = s.meta().offset;
+    let appended = store
+        .append(
+            &state.engine,
+            s,
+            guard,
+            body,
+            content_length,
+            remaining,
+            checksum,
+            client,
+        )
+        .await?;
+    state.metrics.upload_bytes.inc_by(appended.offset - before);
+    let mut m = s.meta();
+    if m.length == Some(appended.offset) {
+        m = store.complete(&state.engine, s, guard).await?;
+    }
+    Ok((appended, m))
 }
 
 async fn create(
@@ -384,23 +413,18 @@ async fn create(
             .map(|v| parse_checksum(&v))
             .transpose()?;
         let mut guard = store.acquire(&session, true).await;
-        let appended = store
-            .append(
-                &state.engine,
-                &session,
-                &mut guard,
-                req.into_body(),
-                Some(content_length),
-                remaining,
-                checksum,
-                &client,
-            )
-            .await?;
-        state.metrics.upload_bytes.inc_by(appended.offset);
-        m = session.meta();
-        if m.length == Some(appended.offset) {
-            m = store.complete(&state.engine, &session, &mut guard).await?;
-        }
+        let (appended, after) = append_and_complete(
+            state,
+            &session,
+            &mut guard,
+            req.into_body(),
+            Some(content_length),
+            remaining,
+            checksum,
+            &client,
+        )
+        .await?;
+        m = after;
         set(&mut r, "upload-offset", &appended.offset.to_string());
     }
     if !m.completed {
