@@ -70,6 +70,14 @@ pub fn parse_metadata(v: &str) -> Result<Metadata, ApiError> {
     Ok(out)
 }
 
+/// The content type to store: the metadata's `filetype` when it is a sane media type, else
+/// guessed from the target's name.
+fn stored_type(pairs: &[(String, Option<Vec<u8>>)], target: &crate::storage::StoredPath) -> String {
+    meta_value(pairs, &["filetype", "contentType", "type"])
+        .filter(|t| super::valid_media_type(t))
+        .unwrap_or_else(|| crate::storage::guess_type(target.file_name()))
+}
+
 fn meta_value(pairs: &[(String, Option<Vec<u8>>)], keys: &[&str]) -> Option<String> {
     pairs
         .iter()
@@ -355,9 +363,7 @@ async fn create(
             ));
         }
     }
-    let content_type = meta_value(&pairs, &["filetype", "contentType", "type"])
-        .filter(|t| super::valid_media_type(t))
-        .unwrap_or_else(|| crate::storage::guess_type(grant.target.file_name()));
+    let content_type = stored_type(&pairs, &grant.target);
     // One unfinished upload per target: a repeated creation (a client that lost the 201)
     // gets the same upload back; a different one is a conflict. A grant thus opens at most
     // one session at a time.
@@ -483,9 +489,7 @@ async fn create_final(
         Some(total),
         meta_value(&pairs, &["filename", "name"]).as_deref(),
     )?;
-    let content_type = meta_value(&pairs, &["filetype", "contentType", "type"])
-        .filter(|t| super::valid_media_type(t))
-        .unwrap_or_else(|| crate::storage::guess_type(grant.target.file_name()));
+    let content_type = stored_type(&pairs, &grant.target);
     let session = store
         .create(NewSession {
             protocol: Protocol::Tus,
