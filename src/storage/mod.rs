@@ -79,9 +79,21 @@ pub struct FsStorage {
     /// Published files never change, so their metadata can be cached (bounded; cleared
     /// wholesale when full).
     meta_cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FileMeta>>>,
+    /// Directories under `files/` and `meta/` whose names are known to be durable.
+    durable_dirs: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 const META_CACHE_MAX: usize = 16_384;
+const DURABLE_DIRS_MAX: usize = 16_384;
+
+/// A file name in `staging/` that is removed when dropped (a no-op once it was renamed away).
+struct TempName(PathBuf);
+
+impl Drop for TempName {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
 
 /// An upload being written in `staging/`. Dropping it without [`FsStorage::commit`] deletes the
 /// staged file, so a disconnect or error never leaves anything behind.
@@ -133,9 +145,18 @@ impl FsStorage {
             staging: root.join("staging"),
             durability,
             meta_cache: Default::default(),
+            durable_dirs: Default::default(),
         };
+        fs::create_dir_all(root)?;
         for d in [&s.files, &s.meta, &s.staging] {
             fs::create_dir_all(d)?;
+        }
+        if durability == Durability::Fsync {
+            // The three trees' names, and the root's own name in its parent.
+            sync_dir(root)?;
+            if let Some(up) = root.parent().filter(|u| !u.as_os_str().is_empty()) {
+                sync_dir(up)?;
+            }
         }
         for entry in fs::read_dir(&s.staging)? {
             let entry = entry?;
@@ -188,73 +209,122 @@ impl FsStorage {
         })
     }
 
-    /// Publish a staged upload at `p` atomically and without ever replacing an existing file:
-    /// fsync (per durability), hard-link into place (fails if the name exists), then write the
-    /// metadata and drop the staging name. The link is the commit point: a crash before it
-    /// leaves nothing at the final name; a crash after it leaves a complete file whose metadata
-    /// is rebuilt on first read if missing.
+    /// Publish a staged upload at `p` atomically and without ever replacing an existing file.
+    ///
+    /// Order: fsync the data (per durability); create the directories of the final name and
+    /// of its metadata, each new level made durable in its parent; write the metadata to a
+    /// staged file; hard-link the data into place (the commit point: fails if the name
+    /// exists); rename the metadata into place; fsync both final directories. Everything that
+    /// can run out of space happens before the link. If a step after the link fails anyway,
+    /// the name is unlinked again before the error is returned: an error never leaves a file
+    /// published, and `Ok` means the file, its metadata and every name on their paths are
+    /// durable (with `durability = "fsync"`).
     pub fn commit(
         &self,
         mut staged: Staged,
         p: &StoredPath,
         meta: &FileMeta,
     ) -> Result<(), StorageError> {
+        let fsync = self.durability == Durability::Fsync;
         if let Some(f) = staged.file.take() {
-            if self.durability == Durability::Fsync {
+            if fsync {
                 f.sync_all()?;
             }
         }
         let dest = p.under(&self.files);
         let parent = dest.parent().unwrap_or(&self.files).to_path_buf();
-        create_dirs(&parent)?;
+        self.ensure_dirs(&self.files, &parent)?;
+        let meta_dest = p.under(&self.meta);
+        let meta_parent = meta_dest.parent().unwrap_or(&self.meta).to_path_buf();
+        self.ensure_dirs(&self.meta, &meta_parent)?;
+        let meta_tmp = self.stage_meta(meta)?;
         match fs::hard_link(&staged.path, &dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StorageError::Exists),
             Err(e) => return Err(e.into()),
         }
-        // From here the file is published; metadata problems must not unpublish it.
-        let meta_res = self.write_meta(p, meta);
-        if meta_res.is_ok() {
-            self.cache_meta(p, meta);
+        // The name is ours now (the link could not have replaced anything). A failure from
+        // here on takes it back, so the caller's error tells the truth.
+        let finish = || -> Result<(), StorageError> {
+            fs::rename(&meta_tmp.0, &meta_dest)?;
+            if fsync {
+                sync_dir(&parent)?;
+                sync_dir(&meta_parent)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let _ = fs::remove_file(&dest);
+            let _ = fs::remove_file(&meta_dest);
+            return Err(e);
         }
         staged.committed = true;
         let _ = fs::remove_file(&staged.path);
-        if self.durability == Durability::Fsync {
-            sync_dir(&parent)?;
-            sync_dir(&self.staging)?;
-        }
-        meta_res
+        self.cache_meta(p, meta);
+        Ok(())
     }
 
+    /// Create `dir` (under `root`, which exists and is durable) and, with `durability =
+    /// "fsync"`, make every level of it durable: a new directory's name lives in its parent,
+    /// so each level's parent is fsynced once (directories already known durable are
+    /// remembered, bounded).
+    fn ensure_dirs(&self, root: &Path, dir: &Path) -> Result<(), StorageError> {
+        if self.durability != Durability::Fsync {
+            return create_dirs(dir);
+        }
+        let known = |d: &Path| {
+            d == root
+                || self
+                    .durable_dirs
+                    .lock()
+                    .map(|s| s.contains(d))
+                    .unwrap_or(false)
+        };
+        if known(dir) {
+            return Ok(());
+        }
+        create_dirs(dir)?;
+        let mut d = dir;
+        while !known(d) {
+            let Some(up) = d.parent() else { break };
+            sync_dir(up)?;
+            if let Ok(mut s) = self.durable_dirs.lock() {
+                if s.len() >= DURABLE_DIRS_MAX {
+                    s.clear();
+                }
+                s.insert(d.to_path_buf());
+            }
+            d = up;
+        }
+        Ok(())
+    }
+
+    /// Write metadata to a new file in `staging/` (fsynced per durability); it is removed
+    /// when the returned guard drops unless it was renamed into place.
+    fn stage_meta(&self, meta: &FileMeta) -> Result<TempName, StorageError> {
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
+        let tmp = TempName(self.staging.join(format!("meta-{}", hex::encode(raw))));
+        let json = serde_json::to_vec(meta)
+            .map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp.0)?;
+        f.write_all(&json)?;
+        if self.durability == Durability::Fsync {
+            f.sync_all()?;
+        }
+        Ok(tmp)
+    }
+
+    /// Replace the metadata of a published file (after rebuilding it from the content).
     fn write_meta(&self, p: &StoredPath, meta: &FileMeta) -> Result<(), StorageError> {
         let dest = p.under(&self.meta);
         let parent = dest.parent().unwrap_or(&self.meta).to_path_buf();
-        create_dirs(&parent)?;
-        // Usually no metadata exists yet for a newly published name: write it in place (a
-        // reader that finds it partial or missing rebuilds it from the file). A leftover from
-        // a crash is replaced through a temporary file and a rename.
-        if let Ok(mut f) = OpenOptions::new().write(true).create_new(true).open(&dest) {
-            let json =
-                serde_json::to_vec(meta).map_err(|e| StorageError::Io(io::Error::other(e)))?;
-            f.write_all(&json)?;
-            if self.durability == Durability::Fsync {
-                f.sync_all()?;
-            }
-            return Ok(());
-        }
-        let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw).map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
-        let tmp = self.staging.join(format!("meta-{}", hex::encode(raw)));
-        let json = serde_json::to_vec(meta)
-            .map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&json)?;
-            if self.durability == Durability::Fsync {
-                f.sync_all()?;
-            }
-        }
-        fs::rename(&tmp, &dest)?;
+        self.ensure_dirs(&self.meta, &parent)?;
+        let tmp = self.stage_meta(meta)?;
+        fs::rename(&tmp.0, &dest)?;
         Ok(())
     }
 
@@ -348,12 +418,67 @@ fn create_dirs(dir: &Path) -> Result<(), StorageError> {
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    tests::SYNCED.with(|s| s.borrow_mut().push(dir.to_path_buf()));
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Directories fsynced on this thread (commits in these tests run on it).
+        pub(super) static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    #[test]
+    fn commit_makes_every_new_directory_level_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path(), Durability::Fsync).unwrap();
+        SYNCED.with(|v| v.borrow_mut().clear());
+        let mut a = s.stage().unwrap();
+        a.file().unwrap().write_all(b"x").unwrap();
+        s.commit(a, &sp("slot/sub/f.txt"), &meta(1)).unwrap();
+        let synced = SYNCED.with(|v| v.borrow().clone());
+        // A new name is durable once its parent directory was fsynced after it was made.
+        for tree in ["files", "meta"] {
+            for d in ["", "/slot", "/slot/sub"] {
+                let want = dir.path().join(format!("{tree}{d}"));
+                assert!(synced.contains(&want), "{} not fsynced: {synced:?}", want.display());
+            }
+        }
+        // A second upload into the same directory does not fsync the known levels again.
+        SYNCED.with(|v| v.borrow_mut().clear());
+        let b = s.stage().unwrap();
+        s.commit(b, &sp("slot/sub/g.txt"), &meta(0)).unwrap();
+        let synced = SYNCED.with(|v| v.borrow().clone());
+        assert_eq!(
+            synced,
+            vec![dir.path().join("files/slot/sub"), dir.path().join("meta/slot/sub")]
+        );
+    }
+
+    #[test]
+    fn failure_after_the_link_unpublishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path(), Durability::Fsync).unwrap();
+        // Metadata cannot be put in place (a directory holds its name): the commit must fail
+        // and leave nothing under the final name.
+        fs::create_dir_all(dir.path().join("meta/x/f.txt")).unwrap();
+        let mut a = s.stage().unwrap();
+        a.file().unwrap().write_all(b"data").unwrap();
+        assert!(s.commit(a, &sp("x/f.txt"), &meta(4)).is_err());
+        assert!(!dir.path().join("files/x/f.txt").exists());
+        assert!(matches!(s.open_file(&sp("x/f.txt")), Err(StorageError::NotFound)));
+        assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+        // Once the obstacle is gone, the same name can be uploaded.
+        fs::remove_dir(dir.path().join("meta/x/f.txt")).unwrap();
+        let mut b = s.stage().unwrap();
+        b.file().unwrap().write_all(b"data").unwrap();
+        s.commit(b, &sp("x/f.txt"), &meta(4)).unwrap();
+        assert_eq!(fs::read(dir.path().join("files/x/f.txt")).unwrap(), b"data");
+    }
 
     fn meta(size: u64) -> FileMeta {
         FileMeta {

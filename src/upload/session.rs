@@ -253,6 +253,12 @@ impl SessionStore {
     ) -> Result<Self, ApiError> {
         let dir = storage.staging_dir().join("sessions");
         fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(format!("sessions dir: {e}")))?;
+        if durability == Durability::Fsync {
+            // The sessions directory's own name (state files are synced into it later).
+            File::open(storage.staging_dir())
+                .and_then(|d| d.sync_all())
+                .map_err(|e| ApiError::Internal(format!("sessions dir: {e}")))?;
+        }
         let store = Self {
             dir,
             storage,
