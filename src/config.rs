@@ -81,6 +81,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Cap on concurrently open connections (further accepts wait).
     pub max_connections: usize,
+    /// Cap on connections open at once from one client address (IPv6 addresses grouped by
+    /// their /64); more are closed at once. 0 = no per-client cap.
+    pub max_connections_per_client: usize,
+    /// A response must reach the client at this many bytes per second at least, measured over
+    /// each `send_timeout` window in which its writes block; a slower reader is disconnected
+    /// (a client that reads a few bytes now and then cannot hold a connection and its buffers).
+    /// 0 = only the `send_timeout` for a client that reads nothing.
+    pub min_send_rate: ByteSize,
     /// Threads for blocking file I/O (tokio's blocking pool).
     pub blocking_threads: usize,
     /// A refused upload whose declared body is at most this large is read and discarded, so
@@ -103,6 +111,8 @@ impl Default for ServerConfig {
             read_buffer: ByteSize::kib(64),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 4096,
+            max_connections_per_client: 256,
+            min_send_rate: ByteSize::kib(1),
             blocking_threads: 64,
             drain_limit: ByteSize::mib(64),
             trust_forwarded_for: false,

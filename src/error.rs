@@ -70,6 +70,7 @@ impl ApiError {
                 | PathError::DotSegment
                 | PathError::BadCharacter
                 | PathError::NameTooLong(_)
+                | PathError::SegmentTooLong(_)
                 | PathError::PathTooLong(_),
             ) => StatusCode::BAD_REQUEST,
             ApiError::PathEncoding => StatusCode::BAD_REQUEST,
@@ -138,6 +139,9 @@ impl From<StorageError> for ApiError {
             StorageError::NotFound => ApiError::NotFound,
             StorageError::PathConflict => ApiError::PathConflict,
             StorageError::NoSpace => ApiError::NoSpace,
+            StorageError::NameTooLong => {
+                ApiError::BadRequest("a name in the path is too long for the filesystem")
+            }
             StorageError::Io(e) => ApiError::Internal(format!("storage: {e}")),
         }
     }

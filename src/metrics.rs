@@ -23,6 +23,10 @@ pub struct Metrics {
     pub uploads_in_flight: IntGauge,
     pub downloads_in_flight: IntGauge,
     pub connections_open: IntGauge,
+    /// Connections closed by the server's own limits, by reason (`per_client`: the client
+    /// address already holds its share; `first_bytes`: nothing sent within the header-read
+    /// timeout; `send_rate`: the client read the response too slowly).
+    pub connections_closed: IntCounterVec,
     pub range_requests: IntCounterVec,
 }
 
@@ -103,6 +107,16 @@ impl Metrics {
         ] {
             uploads.with_label_values(&[r]);
         }
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "sluice_connections_closed_total",
+                "Connections the server closed because of a limit, by reason",
+            ),
+            &["reason"],
+        )?;
+        for r in ["per_client", "first_bytes", "send_rate"] {
+            connections_closed.with_label_values(&[r]);
+        }
         for r in ["full", "single", "multi", "unsatisfiable"] {
             range_requests.with_label_values(&[r]);
         }
@@ -115,6 +129,7 @@ impl Metrics {
         registry.register(Box::new(uploads_in_flight.clone()))?;
         registry.register(Box::new(downloads_in_flight.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -126,6 +141,7 @@ impl Metrics {
             uploads_in_flight,
             downloads_in_flight,
             connections_open,
+            connections_closed,
             range_requests,
         })
     }

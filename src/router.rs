@@ -18,6 +18,11 @@ use crate::{download, upload};
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// A response extension: the handler refused the request but reads its body to the end in
+/// the background, so the connection stays usable (see [`handle`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDrained;
+
 /// The engine's sizing prior for this request's client: its address (the peer, or the last
 /// `X-Forwarded-For` entry when the operator trusts the proxy) and its User-Agent.
 pub fn client_of<B>(state: &AppState, req: &Request<B>) -> crate::engine::Client {
@@ -187,7 +192,32 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
     let span = tracing::info_span!("request", route = route.name(), method, path = %logged_path);
     let origin = req.headers().get(header::ORIGIN).cloned();
     let route_name = route.name();
-    let mut res = dispatch(&state, route, req).instrument(span).await;
+    let http1 = req.version() < http::Version::HTTP_2;
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut res = match host_error(&req) {
+        Some(reason) => {
+            let mut r = response::text(StatusCode::BAD_REQUEST, reason);
+            r.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            r
+        }
+        None => dispatch(&state, route, req).instrument(span).await,
+    };
+    // A refusal may leave the request body unread; hyper then closes the connection after
+    // the response, and must not have promised keep-alive in it. Unless the handler drains
+    // the body, say so: the client sends its next request on a new connection.
+    if http1
+        && has_body
+        && (res.status().is_client_error() || res.status().is_server_error())
+        && res.extensions().get::<BodyDrained>().is_none()
+    {
+        res.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     if route_name != "preflight" {
         response::apply_cors(&state.config.cors, origin.as_ref(), res.headers_mut());
     }
@@ -202,6 +232,19 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
         .with_label_values(&[route_name])
         .observe(started.elapsed().as_secs_f64());
     res
+}
+
+/// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a `Host` field, and
+/// to any request with more than one. (HTTP/2 carries `:authority` instead.)
+fn host_error<B>(req: &Request<B>) -> Option<&'static str> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Some("more than one Host header\n");
+    }
+    if hosts == 0 && req.version() == http::Version::HTTP_11 {
+        return Some("an HTTP/1.1 request needs a Host header\n");
+    }
+    None
 }
 
 /// Size of the request head as sent: request target plus header fields.

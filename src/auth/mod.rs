@@ -33,6 +33,10 @@ pub struct Grant {
     pub key_id: String,
     /// The uploader's bare JID, known in JWT mode only.
     pub uploader: Option<String>,
+    /// The content type the grant signs (`v2`/`token`: the candidate that matched the MAC;
+    /// JWT: the `filetype` claim). The file is stored and served with this type, never with
+    /// an unsigned header that merely came along.
+    pub content_type: Option<String>,
 }
 
 /// Why a grant was refused. `reason()` is a closed set used as a metric label.
@@ -154,29 +158,30 @@ impl Authorizer {
         if !self.enabled(mode) {
             return Err(AuthError::ModeDisabled(mode_name(mode)));
         }
-        let candidates: Vec<Vec<u8>> = if mode == AuthMode::V {
-            vec![mac::message_v1(r.path, r.content_length)]
-        } else {
-            v2_content_types(r)
-                .into_iter()
-                .map(|ct| mac::message_v2(r.path, r.content_length, &ct))
-                .collect()
+        let signed_types = (mode != AuthMode::V).then(|| v2_content_types(r));
+        let candidates: Vec<Vec<u8>> = match &signed_types {
+            None => vec![mac::message_v1(r.path, r.content_length)],
+            Some(types) => types
+                .iter()
+                .map(|ct| mac::message_v2(r.path, r.content_length, ct))
+                .collect(),
         };
         // Every key and every candidate is checked (no early exit on the secret-dependent
         // comparison itself; the loop bounds are public).
-        let mut found: Option<&Key> = None;
+        let mut found: Option<(&Key, usize)> = None;
         for key in &self.keys {
-            for msg in &candidates {
+            for (i, msg) in candidates.iter().enumerate() {
                 if mac::verify_hex(&key.secret, msg, mac) && found.is_none() {
-                    found = Some(key);
+                    found = Some((key, i));
                 }
             }
         }
         match found {
-            Some(key) => Ok(Grant {
+            Some((key, i)) => Ok(Grant {
                 mode,
                 key_id: key.id.clone(),
                 uploader: None,
+                content_type: signed_types.and_then(|t| t.into_iter().nth(i)),
             }),
             None => Err(AuthError::BadMac),
         }
@@ -214,6 +219,7 @@ impl Authorizer {
             mode: AuthMode::V3,
             key_id: key.id.clone(),
             uploader: None,
+            content_type: None,
         })
     }
 
@@ -239,6 +245,7 @@ impl Authorizer {
             mode: AuthMode::Jwt,
             key_id: key.id.clone(),
             uploader: claims.sub,
+            content_type: claims.filetype,
         })
     }
 }

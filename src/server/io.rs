@@ -1,68 +1,155 @@
-//! `StallGuard`: wraps a connection's socket so that a client which stops reading cannot pin a
-//! connection, its response body and its pool buffers forever. When a write has been blocked
-//! (socket buffer full, client not reading) for `send_timeout`, the write fails with
-//! `TimedOut` and hyper closes the connection; the body and its leases are dropped.
+//! `ConnGuard`: wraps a connection's socket with the limits hyper does not enforce itself.
+//!
+//! - **First bytes.** With HTTP/1 and HTTP/2 auto-detected on one port, the protocol sniff
+//!   reads before hyper's header-read timeout starts, so a client that connects and sends
+//!   nothing would hold its connection slot forever. Until the first byte arrives, a read
+//!   fails with `TimedOut` after `first_bytes_timeout` and the connection is closed.
+//! - **Send progress.** When a write blocks (the socket buffer is full: the client is not
+//!   reading), a window of `send_timeout` opens. By its end the client must have taken at
+//!   least `min_send_rate × send_timeout` bytes, or the write fails with `TimedOut` and hyper
+//!   closes the connection; the response body and its pool buffers are dropped. A client that
+//!   reads nothing, and one that reads a few bytes now and then, are both cut, with a reset
+//!   (zero linger): the kernel drops what is still queued for the client instead of
+//!   trickling it out at the client's pace.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-pub struct StallGuard<T> {
-    inner: T,
-    timeout: Duration,
-    /// Armed while a write is blocked.
-    stall: Option<Pin<Box<Sleep>>>,
+/// Limits of one connection (see the module docs).
+#[derive(Clone)]
+pub struct Limits {
+    pub first_bytes_timeout: Duration,
+    pub send_timeout: Duration,
+    /// Bytes per second; 0 = only `send_timeout` for a client that reads nothing.
+    pub min_send_rate: u64,
+    pub closed_first_bytes: IntCounter,
+    pub closed_send_rate: IntCounter,
 }
 
-impl<T> StallGuard<T> {
-    pub fn new(inner: T, timeout: Duration) -> Self {
+/// A send window: opened when a write blocks, judged when its timer fires.
+struct Window {
+    deadline: Pin<Box<Sleep>>,
+    sent: u64,
+}
+
+pub struct ConnGuard {
+    inner: TcpStream,
+    limits: Limits,
+    /// Armed until the client's first byte arrives.
+    first_bytes: Option<Pin<Box<Sleep>>>,
+    window: Option<Window>,
+}
+
+impl ConnGuard {
+    pub fn new(inner: TcpStream, limits: Limits) -> Self {
+        let first_bytes = Some(Box::pin(tokio::time::sleep(limits.first_bytes_timeout)));
         Self {
             inner,
-            timeout,
-            stall: None,
+            limits,
+            first_bytes,
+            window: None,
         }
     }
 
-    fn on_write<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    /// Bytes the client must take within one window.
+    fn window_quota(&self) -> u64 {
+        let secs = self.limits.send_timeout.as_secs_f64();
+        (self.limits.min_send_rate as f64 * secs) as u64
+    }
+
+    fn on_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         match r {
-            Poll::Ready(v) => {
-                self.stall = None;
-                Poll::Ready(v)
-            }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let sleep = self
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "client stopped reading",
-                    ))),
-                    Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(n)) => {
+                if let Some(w) = self.window.as_mut() {
+                    w.sent += n as u64;
+                    if w.sent >= self.window_quota() {
+                        // The client keeps up: the next blocked write opens a fresh window.
+                        self.window = None;
+                    }
                 }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => {
+                self.window = None;
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => self.blocked(cx),
+        }
+    }
+
+    /// A write (or flush) could not proceed: open a window, or judge the open one.
+    fn blocked<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let timeout = self.limits.send_timeout;
+        let quota = self.window_quota();
+        let w = self.window.get_or_insert_with(|| Window {
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            sent: 0,
+        });
+        match w.deadline.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) if w.sent > 0 && w.sent >= quota => {
+                // Enough went out in this window: start the next one.
+                self.window = None;
+                self.blocked(cx)
+            }
+            Poll::Ready(()) => {
+                self.limits.closed_send_rate.inc();
+                let _ = self.inner.set_zero_linger();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client reads the response too slowly",
+                )))
             }
         }
     }
 }
 
-use std::future::Future;
-
-impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
+impl AsyncRead for ConnGuard {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let Some(first) = this.first_bytes.as_mut() else {
+            return r;
+        };
+        match r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.first_bytes = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match first.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.first_bytes = None;
+                    this.limits.closed_first_bytes.inc();
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client sent nothing",
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
+impl AsyncWrite for ConnGuard {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,8 +176,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_flush(cx);
-        this.on_write(cx, r)
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.blocked(cx),
+            ready => ready,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -7,7 +7,7 @@ mod io;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,9 +54,13 @@ where
     F: Future<Output = ()> + Send,
 {
     let stop = CancellationToken::new();
-    let graceful = Arc::new(GracefulShutdown::new());
     let tracker = TaskTracker::new();
-    let conn_limit = Arc::new(Semaphore::new(state.config.server.max_connections));
+    let limits = ConnLimits {
+        total: Arc::new(Semaphore::new(state.config.server.max_connections)),
+        per_client: Arc::new(PerClient::new(
+            state.config.server.max_connections_per_client,
+        )),
+    };
     if let Some(store) = state.sessions.clone() {
         tracker.spawn(crate::upload::session::sweep_loop(
             store,
@@ -64,53 +68,144 @@ where
             stop.clone(),
         ));
     }
-    let mut accept_tasks = Vec::new();
     for listener in listeners {
-        let (state, stop, graceful, limit) = (
+        tracker.spawn(accept_loop(
+            listener,
             state.clone(),
             stop.clone(),
-            graceful.clone(),
-            conn_limit.clone(),
-        );
-        let tracker2 = tracker.clone();
-        accept_tasks.push(tokio::spawn(async move {
-            accept_loop(listener, state, stop, graceful, limit, tracker2).await;
-        }));
+            limits.clone(),
+            tracker.clone(),
+        ));
     }
     shutdown.await;
     tracing::info!("shutdown requested: no longer accepting connections");
     stop.cancel();
-    for t in accept_tasks {
-        let _ = t.await;
-    }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    let grace = state.config.server.shutdown_grace;
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
-    }
     tracker.close();
-    // The sweeper stops on `stop`; connections were bounded by the grace period above.
-    let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+    // Each accept loop drains its own connections within the grace period; the sweeper stops
+    // on `stop`. Connections still open after that are dropped with the runtime.
+    let grace = state.config.server.shutdown_grace;
+    if tokio::time::timeout(grace + Duration::from_secs(1), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?grace, "grace period over; closing remaining connections");
+    }
     Ok(())
+}
+
+/// The connection caps: all connections, and per client address.
+#[derive(Clone)]
+struct ConnLimits {
+    total: Arc<Semaphore>,
+    per_client: Arc<PerClient>,
+}
+
+/// Open connections per client address (IPv6 grouped by /64: one host commonly has many
+/// addresses of its /64). Entries go when their last connection closes, so the map is
+/// bounded by the open connections.
+struct PerClient {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One connection's share of its client's cap; returned on drop.
+struct ClientSlot {
+    owner: Arc<PerClient>,
+    key: IpAddr,
+}
+
+impl PerClient {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
+        }
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when it already holds its share.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let key = Self::key(ip);
+        let owner = self.clone();
+        if self.max == 0 {
+            return Some(ClientSlot { owner, key });
+        }
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { owner, key })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if self.owner.max == 0 {
+            return;
+        }
+        if let Ok(mut open) = self.owner.open.lock() {
+            if let Some(n) = open.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.key);
+                }
+            }
+        }
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<AppState>,
     stop: CancellationToken,
-    graceful: Arc<GracefulShutdown>,
-    limit: Arc<Semaphore>,
+    limits: ConnLimits,
     tracker: TaskTracker,
 ) {
     let builder = Arc::new(builder(&state));
+    let cfg = &state.config.server;
+    let io_limits = io::Limits {
+        first_bytes_timeout: cfg.header_read_timeout,
+        send_timeout: cfg.send_timeout,
+        min_send_rate: cfg.min_send_rate.as_u64(),
+        closed_first_bytes: state
+            .metrics
+            .connections_closed
+            .with_label_values(&["first_bytes"]),
+        closed_send_rate: state
+            .metrics
+            .connections_closed
+            .with_label_values(&["send_rate"]),
+    };
+    let closed_per_client = state
+        .metrics
+        .connections_closed
+        .with_label_values(&["per_client"]);
+    let graceful = GracefulShutdown::new();
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        // At the total cap, further clients wait in the kernel's accept queue.
+        let total_slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = limits.total.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
         };
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -121,9 +216,13 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(client_slot) = limits.per_client.acquire(peer.ip()) else {
+            closed_per_client.inc();
+            tracing::debug!(peer = %peer_label(peer), "per-client connection cap reached; closing");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
         let conn_state = state.clone();
         let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let state = conn_state.clone();
@@ -132,24 +231,29 @@ async fn accept_loop(
         });
         let conn = builder
             .serve_connection(
-                TokioIo::new(io::StallGuard::new(
-                    stream,
-                    state.config.server.send_timeout,
-                )),
+                TokioIo::new(io::ConnGuard::new(stream, io_limits.clone())),
                 svc,
             )
             .into_owned();
         let conn = graceful.watch(conn);
+        let state = state.clone();
         tracker.spawn(
             async move {
                 let _open = GaugeGuard::new(&state.metrics.connections_open);
-                let _permit = permit;
+                let _slots = (total_slot, client_slot);
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with error");
                 }
             }
             .instrument(tracing::debug_span!("conn", peer = %peer_label(peer))),
         );
+    }
+    // Stop accepting; let this listener's connections finish within the grace period.
+    drop(listener);
+    let grace = state.config.server.shutdown_grace;
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!("listener's connections closed"),
+        _ = tokio::time::sleep(grace) => {}
     }
 }
 

@@ -31,15 +31,21 @@ pub enum StorageError {
     PathConflict,
     #[error("storage is full")]
     NoSpace,
+    /// The filesystem refused a name as too long (ENAMETOOLONG): the client's path.
+    #[error("a name in the path is too long for the filesystem")]
+    NameTooLong,
     #[error("storage I/O error: {0}")]
     Io(#[source] io::Error),
 }
 
 impl From<io::Error> for StorageError {
     fn from(e: io::Error) -> Self {
-        // ENOSPC = 28, EDQUOT = 122 on Linux.
+        // ENOSPC = 28, EDQUOT = 122, ENOTDIR = 20 (a segment of the path is a file: there
+        // is nothing under it), ENAMETOOLONG = 36 on Linux.
         match e.raw_os_error() {
             Some(28) | Some(122) => StorageError::NoSpace,
+            Some(20) => StorageError::NotFound,
+            Some(36) => StorageError::NameTooLong,
             _ => match e.kind() {
                 io::ErrorKind::NotFound => StorageError::NotFound,
                 io::ErrorKind::AlreadyExists => StorageError::Exists,
@@ -445,7 +451,11 @@ mod tests {
         for tree in ["files", "meta"] {
             for d in ["", "/slot", "/slot/sub"] {
                 let want = dir.path().join(format!("{tree}{d}"));
-                assert!(synced.contains(&want), "{} not fsynced: {synced:?}", want.display());
+                assert!(
+                    synced.contains(&want),
+                    "{} not fsynced: {synced:?}",
+                    want.display()
+                );
             }
         }
         // A second upload into the same directory does not fsync the known levels again.
@@ -455,7 +465,10 @@ mod tests {
         let synced = SYNCED.with(|v| v.borrow().clone());
         assert_eq!(
             synced,
-            vec![dir.path().join("files/slot/sub"), dir.path().join("meta/slot/sub")]
+            vec![
+                dir.path().join("files/slot/sub"),
+                dir.path().join("meta/slot/sub")
+            ]
         );
     }
 
@@ -470,7 +483,10 @@ mod tests {
         a.file().unwrap().write_all(b"data").unwrap();
         assert!(s.commit(a, &sp("x/f.txt"), &meta(4)).is_err());
         assert!(!dir.path().join("files/x/f.txt").exists());
-        assert!(matches!(s.open_file(&sp("x/f.txt")), Err(StorageError::NotFound)));
+        assert!(matches!(
+            s.open_file(&sp("x/f.txt")),
+            Err(StorageError::NotFound)
+        ));
         assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
         // Once the obstacle is gone, the same name can be uploaded.
         fs::remove_dir(dir.path().join("meta/x/f.txt")).unwrap();

@@ -43,6 +43,8 @@ pub enum PathError {
     BadCharacter,
     #[error("file name is longer than {0} bytes")]
     NameTooLong(usize),
+    #[error("a directory name in the path is longer than {0} bytes")]
+    SegmentTooLong(usize),
     #[error("path is longer than {0} bytes")]
     PathTooLong(usize),
     #[error("file extension is not allowed")]
@@ -73,9 +75,15 @@ impl StoredPath {
                 return Err(PathError::BadCharacter);
             }
         }
-        let name = decoded.rsplit('/').next().unwrap_or(decoded);
+        let (dirs, name) = decoded.rsplit_once('/').unwrap_or(("", decoded));
         if name.len() > rules.max_filename_bytes {
             return Err(PathError::NameTooLong(rules.max_filename_bytes));
+        }
+        // Every directory is a name on the filesystem too (NAME_MAX is 255 bytes on Linux
+        // filesystems): refuse it here with a reason rather than meet ENAMETOOLONG later.
+        let name_max = rules.max_filename_bytes.min(255);
+        if !dirs.is_empty() && dirs.split('/').any(|d| d.len() > name_max) {
+            return Err(PathError::SegmentTooLong(name_max));
         }
         let ext = extension(name).map(str::to_ascii_lowercase);
         let ext_ref = ext.as_deref().unwrap_or("");
@@ -171,6 +179,15 @@ mod tests {
     fn long_name_and_path_rejected() {
         let long = "x".repeat(256);
         assert_eq!(p(&format!("a/{long}")), Err(PathError::NameTooLong(255)));
+        assert_eq!(
+            p(&format!("{long}/a.txt")),
+            Err(PathError::SegmentTooLong(255))
+        );
+        assert_eq!(
+            p(&format!("a/{long}/b/a.txt")),
+            Err(PathError::SegmentTooLong(255))
+        );
+        assert!(p(&format!("{}/a.txt", "x".repeat(255))).is_ok());
         let deep = "ab/".repeat(400) + "c";
         assert_eq!(p(&deep), Err(PathError::PathTooLong(1024)));
     }

@@ -160,15 +160,24 @@ pub fn valid_media_type(t: &str) -> bool {
         && t.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
 }
 
-/// The content type to store: the client's, if it is a sane media type, else guessed from the
-/// file name.
-pub fn stored_content_type(headers: &HeaderMap, file_name: &str) -> String {
+/// The content type to store: the one the grant signed (v2, token, JWT), else the client's if
+/// it is a sane media type, else guessed from the file name.
+pub fn stored_content_type(
+    grant: &crate::auth::Grant,
+    headers: &HeaderMap,
+    file_name: &str,
+) -> String {
+    let signed = grant
+        .content_type
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| valid_media_type(v));
     let given = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| valid_media_type(v));
-    match given {
+    match signed.or(given) {
         Some(v) => v.to_owned(),
         None => crate::storage::guess_type(file_name),
     }

@@ -67,6 +67,9 @@ pub async fn handle(
     state.metrics.uploads.with_label_values(&[label]).inc();
     result.or_else(|(e, close)| {
         let mut res = e.into_response();
+        if !close {
+            res.extensions_mut().insert(crate::router::BodyDrained);
+        }
         if http1 && close {
             // The body is left unread: tell the client not to reuse the connection (hyper
             // closes it), so a pooled client does not send its next request into it.
@@ -159,7 +162,7 @@ async fn prepare(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let content_type = super::stored_content_type(&parts.headers, path.file_name());
+    let content_type = super::stored_content_type(&grant, &parts.headers, path.file_name());
     Ok(Prepared {
         path,
         staged,

@@ -64,6 +64,10 @@ pub struct SessionMeta {
     /// tus concatenation: this is a partial upload.
     #[serde(default)]
     pub partial: bool,
+    /// tus concatenation: this is a final upload of these parts (their URLs, space-separated,
+    /// as the client listed them), reported in `Upload-Concat: final;<urls>` on HEAD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concat_parts: Option<String>,
     /// Chunked protocol: chunk size and which chunks are stored.
     #[serde(default)]
     pub chunk_size: Option<u64>,
@@ -455,6 +459,7 @@ impl SessionStore {
             content_type: n.content_type,
             metadata: n.metadata,
             partial: n.partial,
+            concat_parts: None,
             chunk_size: n.chunk_size,
             chunks,
             uploader: n.uploader,
@@ -814,13 +819,16 @@ impl SessionStore {
         Ok(m)
     }
 
-    /// Fill a new session with the concatenation of other sessions' data (tus final upload).
+    /// Fill a new session with the concatenation of other sessions' data (tus final upload),
+    /// recording the parts' URLs (`part_urls`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn fill_from_parts(
         self: &Arc<Self>,
         engine: &Engine,
         s: &Session,
         guard: &mut WriteGuard<'_>,
         parts: Vec<PathBuf>,
+        part_urls: String,
         total: u64,
     ) -> Result<(), ApiError> {
         let this = self.clone();
@@ -835,6 +843,7 @@ impl SessionStore {
             .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))?;
         let mut m = s.meta();
         m.offset = total;
+        m.concat_parts = Some(part_urls);
         self.record(Some(file), m.clone()).await?;
         guard.state.hasher = Some(hasher);
         if let Ok(mut cur) = s.meta.lock() {

@@ -188,8 +188,12 @@ async fn head(state: &Arc<AppState>, s: &Arc<Session>) -> Result<Response<ResBod
     if let Some(md) = &m.metadata {
         set(&mut r, "upload-metadata", md);
     }
+    // tus 1.0.0 Concatenation: the HEAD of a final upload "MUST include the Upload-Concat
+    // header and its value".
     if m.partial {
         set(&mut r, "upload-concat", "partial");
+    } else if let Some(parts) = &m.concat_parts {
+        set(&mut r, "upload-concat", &format!("final;{parts}"));
     }
     if !m.completed {
         set(&mut r, "upload-expires", &expires(&m));
@@ -506,7 +510,14 @@ async fn create_final(
     let paths = parts.iter().map(|p| store.data_of(&p.id)).collect();
     let mut guard = store.acquire(&session, true).await;
     store
-        .fill_from_parts(&state.engine, &session, &mut guard, paths, total)
+        .fill_from_parts(
+            &state.engine,
+            &session,
+            &mut guard,
+            paths,
+            urls.split_whitespace().collect::<Vec<_>>().join(" "),
+            total,
+        )
         .await?;
     store.complete(&state.engine, &session, &mut guard).await?;
     drop(guard);

@@ -6,6 +6,7 @@ mod clients;
 mod common;
 mod download;
 mod engine;
+mod hardening;
 mod put;
 mod resumable;
 mod server;

@@ -469,10 +469,18 @@ async fn tus_concatenation_of_partials() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let final_url = format!("{}{}", s.base(), r.headers()["location"].to_str().unwrap());
     let mut want = a.clone();
     want.extend_from_slice(&b);
     assert_eq!(s.get_bytes("t/whole.bin").await.1, want);
+    // tus 1.0.0 Concatenation: the final upload's HEAD carries `final;` and the part URLs.
+    let (st, h) = head(&s, &final_url).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        h["upload-concat"],
+        format!("final;{} {}", parts[0], parts[1]).as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
