@@ -52,6 +52,10 @@ pub enum ApiError {
     PreconditionFailed(&'static str),
     #[error("checksum of the appended data does not match; the data was discarded")]
     ChecksumMismatch,
+    #[error("{0}")]
+    Digest(#[from] crate::digest::DigestError),
+    #[error("the body does not match its Content-Digest/Repr-Digest; nothing was stored")]
+    DigestMismatch,
     #[error("a newer request for this upload took over")]
     Superseded,
     #[error("server is busy; try again later")]
@@ -100,6 +104,9 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::Superseded => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            // RFC 9530 does not fix a status; a body that is not what the client said it
+            // sent is a bad request.
+            ApiError::Digest(_) | ApiError::DigestMismatch => StatusCode::BAD_REQUEST,
             // tus checksum extension: 460 Checksum Mismatch.
             ApiError::ChecksumMismatch => {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
@@ -125,6 +132,12 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 res.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            // RFC 9530 §4: tell the client which algorithms would be checked.
+            ApiError::Digest(_) | ApiError::DigestMismatch => {
+                let v = HeaderValue::from_static(crate::digest::WANTED);
+                res.headers_mut().insert("want-repr-digest", v.clone());
+                res.headers_mut().insert("want-content-digest", v);
             }
             _ => {}
         }

@@ -9,6 +9,7 @@
 //! - [`auth`]: upload grants (v, v2, token, v3 HMAC; Prosody JWT), constant-time
 //! - [`upload`]: protocol adapters (PUT) over storage + engine
 //! - [`download`]: GET/HEAD with the stored-file header policy
+//! - [`digest`]: RFC 9530 `Content-Digest` / `Repr-Digest` (pure)
 //! - [`engine`]: the streaming engine — tiered buffer pool, sizing, copy loops
 //! - [`storage`]: path rules, staged atomic no-overwrite commit, metadata
 //! - [`metrics`]: the Prometheus registry owned by the state
@@ -16,6 +17,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod digest;
 pub mod download;
 pub mod engine;
 pub mod error;

@@ -47,11 +47,12 @@ pub const CORS_ALLOW_HEADERS: &str = "Authorization, Content-Type, Range, If-Ran
 If-None-Match, If-Modified-Since, If-Unmodified-Since, Tus-Resumable, Upload-Length, \
 Upload-Offset, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Checksum, \
 X-HTTP-Method-Override, Upload-Complete, Upload-Incomplete, Upload-Draft-Interop-Version, \
-X-Filename, X-Total-Size, X-Upload-Session-ID, X-Chunk-Number";
+X-Filename, X-Total-Size, X-Upload-Session-ID, X-Chunk-Number, Content-Digest, Repr-Digest";
 pub const CORS_EXPOSE_HEADERS: &str = "Content-Length, Content-Range, Content-Disposition, ETag, \
 Last-Modified, Accept-Ranges, Location, Upload-Offset, Upload-Length, Upload-Metadata, \
 Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, \
-Upload-Limit, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm";
+Upload-Limit, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm, \
+Repr-Digest, Want-Repr-Digest, Want-Content-Digest";
 
 /// The `Access-Control-Allow-Origin` value for a request's Origin, if it is allowed.
 pub fn allowed_origin(cfg: &CorsConfig, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
@@ -102,6 +103,15 @@ pub fn preflight(cfg: &CorsConfig, origin: Option<&HeaderValue>) -> Response<Res
     *res.status_mut() = StatusCode::NO_CONTENT;
     let h = res.headers_mut();
     h.insert(header::ALLOW, HeaderValue::from_static(CORS_METHODS));
+    // RFC 9530 §4: the digests an upload may carry and Sluice checks.
+    h.insert(
+        "want-repr-digest",
+        HeaderValue::from_static(crate::digest::WANTED),
+    );
+    h.insert(
+        "want-content-digest",
+        HeaderValue::from_static(crate::digest::WANTED),
+    );
     apply_cors(cfg, origin, h);
     if h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         h.insert(

@@ -71,6 +71,11 @@ fn file_headers(h: &mut HeaderMap, meta: &FileMeta, name: &str, cache_control: &
     set(header::CONTENT_TYPE, &meta.content_type);
     set(header::ACCEPT_RANGES, "bytes");
     set(header::ETAG, &conditional::format_etag(&meta.sha256));
+    // RFC 9530 §3: the digest of the whole selected representation, on 200, 206 and HEAD
+    // alike, so a client can check what it assembled.
+    if let Some(d) = crate::digest::repr_digest(&meta.sha256) {
+        set(header::HeaderName::from_static("repr-digest"), &d);
+    }
     set(
         header::LAST_MODIFIED,
         &httpdate::fmt_http_date(meta.uploaded_time()),

@@ -95,6 +95,7 @@ pub struct Engine {
 pub enum ChunkDigest {
     Sha1(sha1::Sha1),
     Sha256(Sha256),
+    Sha512(sha2::Sha512),
     Md5(md5::Md5),
 }
 
@@ -103,6 +104,7 @@ impl ChunkDigest {
         match self {
             ChunkDigest::Sha1(h) => h.update(data),
             ChunkDigest::Sha256(h) => h.update(data),
+            ChunkDigest::Sha512(h) => h.update(data),
             ChunkDigest::Md5(h) => h.update(data),
         }
     }
@@ -111,6 +113,7 @@ impl ChunkDigest {
         match self {
             ChunkDigest::Sha1(h) => h.finalize().to_vec(),
             ChunkDigest::Sha256(h) => h.finalize().to_vec(),
+            ChunkDigest::Sha512(h) => h.finalize().to_vec(),
             ChunkDigest::Md5(h) => h.finalize().to_vec(),
         }
     }

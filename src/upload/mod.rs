@@ -112,6 +112,24 @@ pub fn authorize_creation(
     })
 }
 
+/// The RFC 9530 check of one append: a `Content-Digest` describes this request's bytes
+/// alone. Its sha-256 member is checked if present (else sha-512); `None` without one.
+pub fn content_digest_check(h: &HeaderMap) -> Result<Option<session::AppendCheck>, ApiError> {
+    let claims = crate::digest::from_headers(h, "content-digest")?;
+    let pick = claims
+        .iter()
+        .find(|c| c.algo == crate::digest::Algo::Sha256)
+        .or_else(|| claims.first());
+    Ok(pick.map(|c| session::AppendCheck {
+        digest: match c.algo {
+            crate::digest::Algo::Sha256 => crate::engine::ChunkDigest::Sha256(sha2::Digest::new()),
+            crate::digest::Algo::Sha512 => crate::engine::ChunkDigest::Sha512(sha2::Digest::new()),
+        },
+        expected: c.value.clone(),
+        kind: session::CheckKind::ContentDigest,
+    }))
+}
+
 /// A header's value as trimmed text (`None` when absent or not visible ASCII).
 pub fn header_text(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name)

@@ -97,6 +97,8 @@ struct Prepared {
     max: u64,
     grant: crate::auth::Grant,
     content_type: String,
+    /// RFC 9530 claims about the body (checked before anything is published).
+    digests: Vec<crate::digest::Claim>,
 }
 
 fn declared_len(parts: &http::request::Parts) -> Result<Option<u64>, ApiError> {
@@ -142,6 +144,7 @@ async fn prepare(
     if len > max {
         return Err(ApiError::TooLarge { max });
     }
+    let digests = crate::digest::whole_upload_claims(&parts.headers)?;
     let path = super::target_path(state, raw_path)?;
     let grant = state.auth.authorize(&GrantRequest {
         method: parts.method.as_str(),
@@ -170,6 +173,7 @@ async fn prepare(
         max,
         grant,
         content_type,
+        digests,
     })
 }
 
@@ -187,11 +191,19 @@ async fn receive_and_commit(
         .take_file()
         .ok_or_else(|| close(ApiError::Internal("staged file missing".into())))?;
     let len = prep.len;
+    let mut sink = Sink::new(file);
+    if prep
+        .digests
+        .iter()
+        .any(|c| c.algo == crate::digest::Algo::Sha512)
+    {
+        sink.chunk = Some(crate::engine::ChunkDigest::Sha512(sha2::Digest::new()));
+    }
     let sink = state
         .engine
         .receive(
             body,
-            Sink::new(file),
+            sink,
             Expect {
                 exact: Some(len),
                 max: prep.max,
@@ -204,7 +216,13 @@ async fn receive_and_commit(
             other => close(ApiError::from(other)),
         })?;
     state.metrics.upload_bytes.inc_by(sink.written);
-    let sha256 = hex::encode(sha2::Digest::finalize(sink.hasher));
+    let sha256 = sha2::Digest::finalize(sink.hasher);
+    let sha512 = sink.chunk.map(crate::engine::ChunkDigest::finish);
+    if !crate::digest::all_match(&prep.digests, &sha256, sha512.as_deref()) {
+        // The staged bytes go with `staged`; nothing was published.
+        return Err((ApiError::DigestMismatch, false));
+    }
+    let sha256 = hex::encode(sha256);
     staged.put_file(sink.file);
     let meta = FileMeta {
         size: len,
@@ -228,6 +246,9 @@ async fn receive_and_commit(
     *res.status_mut() = StatusCode::CREATED;
     if let Ok(v) = HeaderValue::from_str(&format!("\"{sha256}\"")) {
         res.headers_mut().insert(header::ETAG, v);
+    }
+    if let Some(v) = crate::digest::repr_digest(&sha256) {
+        super::set_header(&mut res, "repr-digest", &v);
     }
     Ok(res)
 }

@@ -207,6 +207,22 @@ pub struct NewSession {
     pub uploader: Option<String>,
 }
 
+/// A digest one append must match, or the append is discarded (nothing of it is kept).
+pub struct AppendCheck {
+    pub digest: ChunkDigest,
+    pub expected: Vec<u8>,
+    pub kind: CheckKind,
+}
+
+/// Which protocol asked for the check: it decides the refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// tus checksum extension (`Upload-Checksum`): 460.
+    TusChecksum,
+    /// RFC 9530 `Content-Digest` of the request: 400.
+    ContentDigest,
+}
+
 /// All sessions.
 pub struct SessionStore {
     dir: PathBuf,
@@ -651,7 +667,7 @@ impl SessionStore {
     }
 
     /// Append `body` at the session's offset (contiguous protocols). `max` bounds this
-    /// append; `checksum` (digest, expected) discards the whole append on mismatch.
+    /// append; `checksum` discards the whole append on mismatch.
     #[allow(clippy::too_many_arguments)]
     pub async fn append<B>(
         self: &Arc<Self>,
@@ -661,7 +677,7 @@ impl SessionStore {
         body: B,
         exact: Option<u64>,
         max: u64,
-        checksum: Option<(ChunkDigest, Vec<u8>)>,
+        checksum: Option<AppendCheck>,
         client: &Client,
     ) -> Result<Appended, ApiError>
     where
@@ -684,7 +700,7 @@ impl SessionStore {
             .map_err(blocking_err)?
             .map_err(|e| ApiError::from(crate::storage::StorageError::from(e)))?;
         let (digest, expected) = match checksum {
-            Some((d, e)) => (Some(d), Some(e)),
+            Some(c) => (Some(c.digest), Some((c.expected, c.kind))),
             None => (None, None),
         };
         let mut sink = Sink::resume(file, hasher.clone());
@@ -725,13 +741,16 @@ impl SessionStore {
                 None => ApiError::ClientGone,
             });
         };
-        if let (Some(exp), Some(d)) = (&expected, sink.chunk.clone()) {
+        if let (Some((exp, kind)), Some(d)) = (&expected, sink.chunk.clone()) {
             if d.finish() != *exp {
                 guard.state.hasher = Some(hasher);
                 let this = self.clone();
                 let id = s.id.clone();
                 let _ = tokio::task::spawn_blocking(move || this.data_file(&id, start)).await;
-                return Err(ApiError::ChecksumMismatch);
+                return Err(match kind {
+                    CheckKind::TusChecksum => ApiError::ChecksumMismatch,
+                    CheckKind::ContentDigest => ApiError::DigestMismatch,
+                });
             }
         }
         let written = sink.written;

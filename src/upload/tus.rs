@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::response::{empty, ResBody};
 use crate::state::AppState;
 use crate::upload::session::{is_session_id, NewSession, Protocol, Session, SessionMeta};
+use crate::upload::session::{AppendCheck, CheckKind};
 use crate::upload::{header_text as hv, header_u64 as parse_u64, set_header as set};
 
 pub const VERSION: &str = "1.0.0";
@@ -29,7 +30,7 @@ const OFFSET_CT: &str = "application/offset+octet-stream";
 pub const MAX_PARTS_PER_TARGET: usize = 16;
 
 /// Parsed `Upload-Checksum: <algorithm> <base64>`.
-pub fn parse_checksum(v: &str) -> Result<(ChunkDigest, Vec<u8>), ApiError> {
+pub fn parse_checksum(v: &str) -> Result<AppendCheck, ApiError> {
     let (algo, b64) = v.trim().split_once(' ').ok_or(ApiError::BadRequest(
         "Upload-Checksum must be '<algorithm> <base64>'",
     ))?;
@@ -42,7 +43,11 @@ pub fn parse_checksum(v: &str) -> Result<(ChunkDigest, Vec<u8>), ApiError> {
     let expected = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|_| ApiError::BadRequest("Upload-Checksum value is not base64"))?;
-    Ok((digest, expected))
+    Ok(AppendCheck {
+        digest,
+        expected,
+        kind: CheckKind::TusChecksum,
+    })
 }
 
 /// Decoded `Upload-Metadata` pairs (a key may have no value).
@@ -165,6 +170,15 @@ async fn handle_inner(
     }
 }
 
+/// The check of one append: the tus checksum extension's `Upload-Checksum` (460 on mismatch)
+/// or, without it, an RFC 9530 `Content-Digest` (400).
+fn append_check(h: &HeaderMap) -> Result<Option<AppendCheck>, ApiError> {
+    match hv(h, "upload-checksum") {
+        Some(v) => parse_checksum(&v).map(Some),
+        None => super::content_digest_check(h),
+    }
+}
+
 fn body_in(h: &HeaderMap) -> bool {
     hv(h, "content-length").is_some_and(|v| v != "0") || h.contains_key("transfer-encoding")
 }
@@ -219,9 +233,7 @@ async fn patch(
         parse_u64(h, "upload-offset")?.ok_or(ApiError::BadRequest("Upload-Offset is required"))?;
     let new_length = parse_u64(h, "upload-length")?;
     let content_length = parse_u64(h, "content-length")?;
-    let checksum = hv(h, "upload-checksum")
-        .map(|v| parse_checksum(&v))
-        .transpose()?;
+    let checksum = append_check(h)?;
     let client = crate::router::client_of(state, &req);
     let mut guard = store.acquire(s, true).await;
     let m = s.meta();
@@ -286,7 +298,7 @@ async fn append_and_complete(
     body: Incoming,
     content_length: Option<u64>,
     remaining: u64,
-    checksum: Option<(ChunkDigest, Vec<u8>)>,
+    checksum: Option<AppendCheck>,
     client: &crate::engine::Client,
 ) -> Result<(crate::upload::session::Appended, SessionMeta), ApiError> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
@@ -419,9 +431,7 @@ async fn create(
             store.remove(&session, "terminated").await;
             return Err(ApiError::TooLarge { max: remaining });
         }
-        let checksum = hv(&h, "upload-checksum")
-            .map(|v| parse_checksum(&v))
-            .transpose()?;
+        let checksum = append_check(&h)?;
         let mut guard = store.acquire(&session, true).await;
         let (appended, after) = append_and_complete(
             state,

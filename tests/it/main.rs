@@ -4,6 +4,7 @@
 
 mod clients;
 mod common;
+mod digest;
 mod download;
 mod engine;
 mod hardening;
