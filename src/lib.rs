@@ -13,9 +13,11 @@
 //! - [`engine`]: the streaming engine — tiered buffer pool, sizing, copy loops
 //! - [`storage`]: path rules, staged atomic no-overwrite commit, metadata
 //! - [`metrics`]: the Prometheus registry owned by the state
+//! - [`clock`]: injected time (session expiry), a manual clock for tests
 //! - [`error`], [`response`]: one exhaustive error → status mapping; response helpers
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod download;

@@ -91,6 +91,25 @@ fn main() -> Result<()> {
     }
 }
 
+/// Listening sockets handed over by systemd socket activation (or any parent that follows
+/// the `LISTEN_FDS` protocol, such as a test holding a pre-bound port): a restart then
+/// refuses no connection, since the socket outlives the process.
+fn inherited_listeners() -> Result<Vec<tokio::net::TcpListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut out = Vec::new();
+    for i in 0..fds.len() {
+        let Some(l) = fds
+            .take_tcp_listener(i)
+            .with_context(|| format!("LISTEN_FDS socket {i} is not a TCP listener"))?
+        else {
+            continue;
+        };
+        l.set_nonblocking(true)?;
+        out.push(tokio::net::TcpListener::from_std(l)?);
+    }
+    Ok(out)
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -106,13 +125,22 @@ fn init_tracing() {
 async fn serve(settings: Settings) -> Result<()> {
     let addrs = settings.config.server.listen.clone();
     let state = sluice::state::AppState::new(settings)?;
-    let mut listeners = Vec::new();
-    for a in &addrs {
-        let l = tokio::net::TcpListener::bind(a)
-            .await
-            .with_context(|| format!("cannot listen on {a}"))?;
+    let mut listeners = inherited_listeners()?;
+    if listeners.is_empty() {
+        for a in &addrs {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a}"))?;
+            listeners.push(l);
+        }
+    } else {
+        tracing::info!(
+            count = listeners.len(),
+            "using listening sockets passed by the service manager (LISTEN_FDS); `listen` is ignored"
+        );
+    }
+    for l in &listeners {
         tracing::info!(addr = %l.local_addr()?, "listening");
-        listeners.push(l);
     }
     sluice::server::run(listeners, state, shutdown_signal()).await?;
     tracing::info!("stopped");

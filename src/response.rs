@@ -52,7 +52,7 @@ pub const CORS_EXPOSE_HEADERS: &str = "Content-Length, Content-Range, Content-Di
 Last-Modified, Accept-Ranges, Location, Upload-Offset, Upload-Length, Upload-Metadata, \
 Upload-Defer-Length, Upload-Concat, Upload-Expires, Upload-Complete, Upload-Incomplete, \
 Upload-Limit, Tus-Version, Tus-Resumable, Tus-Max-Size, Tus-Extension, Tus-Checksum-Algorithm, \
-Repr-Digest, Want-Repr-Digest, Want-Content-Digest";
+Repr-Digest, Want-Repr-Digest, Want-Content-Digest, Accept-Patch";
 
 /// The `Access-Control-Allow-Origin` value for a request's Origin, if it is allowed.
 pub fn allowed_origin(cfg: &CorsConfig, origin: Option<&HeaderValue>) -> Option<HeaderValue> {

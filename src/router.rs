@@ -40,7 +40,9 @@ pub fn client_of<B>(state: &AppState, req: &Request<B>) -> crate::engine::Client
         .headers()
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    state.engine.client(forwarded.or(peer), ua)
+    let mut client = state.engine.client(forwarded.or(peer), ua);
+    client.http2 = req.version() == http::Version::HTTP_2;
+    client
 }
 
 /// What a request asks for.
@@ -48,9 +50,11 @@ pub fn client_of<B>(state: &AppState, req: &Request<B>) -> crate::engine::Client
 pub enum Route {
     Health,
     Metrics,
-    /// CORS preflight (any path); `tus` when under `/tus` (adds the tus capabilities).
+    /// CORS preflight (any path); `tus` when under `/tus` (adds the tus capabilities),
+    /// `resumable` when under `/resumable` (adds the IETF draft's `Upload-Limit`/`Accept-Patch`).
     Preflight {
         tus: bool,
+        resumable: bool,
     },
     /// Anything under `/tus` (tus 1.0): the rest of the path, undecoded.
     Tus {
@@ -118,6 +122,7 @@ impl Route {
         if *method == Method::OPTIONS {
             return Route::Preflight {
                 tus: first == "tus",
+                resumable: first == "resumable",
             };
         }
         match first {
@@ -286,10 +291,15 @@ async fn dispatch(
             );
             Ok(r)
         }
-        Route::Preflight { tus } => {
+        Route::Preflight { tus, resumable } => {
             let mut r = response::preflight(&state.config.cors, req.headers().get(header::ORIGIN));
             if tus {
                 crate::upload::tus::options(state, &mut r);
+            }
+            if resumable {
+                use crate::upload::ietf;
+                let version = ietf::interop_version(req.headers()).unwrap_or(ietf::LATEST_INTEROP);
+                ietf::options(state, version, &mut r);
             }
             Ok(r)
         }
@@ -377,11 +387,24 @@ mod tests {
         );
         assert_eq!(
             Route::parse(&Method::OPTIONS, "/x/y", ""),
-            Route::Preflight { tus: false }
+            Route::Preflight {
+                tus: false,
+                resumable: false
+            }
         );
         assert_eq!(
             Route::parse(&Method::OPTIONS, "/upload/tus/", "/upload"),
-            Route::Preflight { tus: true }
+            Route::Preflight {
+                tus: true,
+                resumable: false
+            }
+        );
+        assert_eq!(
+            Route::parse(&Method::OPTIONS, "/upload/resumable/x/y.bin", "/upload"),
+            Route::Preflight {
+                tus: false,
+                resumable: true
+            }
         );
         assert_eq!(
             Route::parse(&Method::PATCH, "/upload/tus/abc", "/upload"),

@@ -38,6 +38,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(settings: Settings) -> Result<Arc<Self>, StateError> {
+        Self::with_clock(settings, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// Like [`AppState::new`], with time from `clock` (tests pass a manual clock).
+    pub fn with_clock(
+        settings: Settings,
+        clock: crate::clock::SharedClock,
+    ) -> Result<Arc<Self>, StateError> {
         let config = settings.config;
         let storage = FsStorage::open(&config.storage.dir, config.storage.durability)?;
         let metrics = Metrics::new()?;
@@ -70,6 +78,7 @@ impl AppState {
                 config.resumable.session_ttl,
                 config.resumable.max_sessions,
                 &metrics.registry,
+                clock,
             )?))
         } else {
             None

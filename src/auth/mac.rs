@@ -43,7 +43,7 @@ pub fn verify_hex(key: &[u8], message: &[u8], given_hex: &str) -> bool {
         return false;
     };
     mac.update(message);
-    // `verify_slice` compares in constant time (subtle) and rejects wrong lengths.
+    // `verify_slice` compares in constant time and rejects wrong lengths.
     mac.verify_slice(&given).is_ok()
 }
 

@@ -72,6 +72,10 @@ impl EngineError {
 pub struct Client {
     pub ip: Option<IpAddr>,
     pub strategy: Strategy,
+    /// The request came over HTTP/2: its stream can be stalled by flow control while the
+    /// connection stays busy, so its downloads read no buffers ahead (a stalled stream then
+    /// holds one buffer, in hyper's bounded send buffer).
+    pub http2: bool,
 }
 
 pub(crate) struct Shared {
@@ -261,6 +265,7 @@ impl Engine {
         Client {
             ip,
             strategy: self.shared.policy.classify(user_agent),
+            http2: false,
         }
     }
 
@@ -550,7 +555,7 @@ impl Engine {
             transfer,
             file,
             segments,
-            self.read_ahead,
+            if client.http2 { 0 } else { self.read_ahead },
             self.lease_timeout,
             guard,
         )

@@ -24,6 +24,8 @@ use tracing::Instrument;
 use crate::metrics::GaugeGuard;
 use crate::state::AppState;
 
+const H2_STREAM_SEND_BUF: usize = 128 * 1024;
+
 fn builder(state: &AppState) -> auto::Builder<TokioExecutor> {
     let cfg = &state.config.server;
     let max_header = usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX);
@@ -40,6 +42,9 @@ fn builder(state: &AppState) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
         .max_concurrent_streams(128)
+        // A stream whose flow-control window stays closed buffers at most this much (plus the
+        // one frame being sent) before hyper stops polling its body.
+        .max_send_buf_size(H2_STREAM_SEND_BUF)
         .keep_alive_interval(Some(Duration::from_secs(60)));
     b
 }

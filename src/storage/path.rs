@@ -1,4 +1,4 @@
-//! Path rules for stored files (issue 2 §5). Pure: a decoded request path in, a validated
+//! Path rules for stored files. Pure: a decoded request path in, a validated
 //! relative path out, or the reason it is refused.
 //!
 //! A `StoredPath` is relative, `/`-separated, UTF-8, with no empty, `.` or `..` segment, no NUL,

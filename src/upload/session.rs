@@ -234,12 +234,17 @@ pub struct SessionStore {
     /// Ids recently expired or terminated → 410 instead of 404 (bounded).
     tombstones: Mutex<HashMap<String, Instant>>,
     pub metrics: SessionMetrics,
+    /// Expiry time comes from here (a manual clock in tests).
+    clock: crate::clock::SharedClock,
 }
 
 const TOMBSTONES_MAX: usize = 10_000;
 
-fn now_secs() -> u64 {
-    crate::upload::unix_now()
+impl SessionStore {
+    /// Seconds since the epoch, from the store's clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now_secs()
+    }
 }
 
 /// 128 random bits, URL-safe (base64url, 22 characters).
@@ -270,6 +275,7 @@ impl SessionStore {
         ttl: Duration,
         max: usize,
         registry: &Registry,
+        clock: crate::clock::SharedClock,
     ) -> Result<Self, ApiError> {
         let dir = storage.staging_dir().join("sessions");
         fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(format!("sessions dir: {e}")))?;
@@ -289,6 +295,7 @@ impl SessionStore {
             tombstones: Mutex::new(HashMap::new()),
             metrics: SessionMetrics::register(registry)
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
+            clock,
         };
         store
             .reload()
@@ -460,7 +467,7 @@ impl SessionStore {
             }
         }
         let id = new_id()?;
-        let now = now_secs();
+        let now = self.now();
         let chunks = match (n.chunk_size, n.length) {
             (Some(c), Some(l)) if c > 0 => vec![false; usize::try_from(l.div_ceil(c)).unwrap_or(0)],
             _ => Vec::new(),
@@ -530,7 +537,7 @@ impl SessionStore {
         let found = self.live.lock().ok().and_then(|l| l.get(id).cloned());
         match found {
             Some(s) => {
-                if s.meta().expires_at < now_secs() {
+                if s.meta().expires_at < self.now() {
                     self.remove(&s, "expired").await;
                     return Err(ApiError::SessionGone);
                 }
@@ -589,7 +596,7 @@ impl SessionStore {
 
     /// Delete every expired session. Returns how many were removed.
     pub async fn sweep(self: &Arc<Self>) -> usize {
-        let now = now_secs();
+        let now = self.now();
         let expired: Vec<Arc<Session>> = self
             .live
             .lock()
@@ -757,7 +764,7 @@ impl SessionStore {
         let new_offset = start + written;
         let mut m = meta.clone();
         m.offset = new_offset;
-        m.expires_at = now_secs() + self.ttl.as_secs();
+        m.expires_at = self.now() + self.ttl.as_secs();
         let file = sink.file;
         // Data first, then the offset that claims it.
         self.record(Some(file), m.clone()).await?;
@@ -828,7 +835,7 @@ impl SessionStore {
             .filter(|(_, got)| **got)
             .map(|(i, _)| cs.min(len - i as u64 * cs))
             .sum();
-        m.expires_at = now_secs() + self.ttl.as_secs();
+        m.expires_at = self.now() + self.ttl.as_secs();
         self.record(Some(sink.file), m.clone()).await?;
         // Out-of-order chunks: the whole-file hash is rebuilt at completion.
         guard.state.hasher = None;
@@ -911,7 +918,7 @@ impl SessionStore {
                 size: len,
                 sha256: sha,
                 content_type: m.content_type.clone(),
-                uploaded_at: now_secs(),
+                uploaded_at: self.now(),
                 uploader: m.uploader.clone(),
             };
             let (storage, data) = (self.storage.clone(), self.data_path(&s.id));

@@ -18,6 +18,9 @@ pub const T: Duration = Duration::from_secs(30);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub state: std::sync::Arc<sluice::state::AppState>,
+    /// The server's clock: tests move time with `clock.advance(secs)`.
+    pub clock: std::sync::Arc<sluice::clock::ManualClock>,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -71,16 +74,23 @@ impl TestServer {
         f(&mut config);
         config.validate().unwrap();
         let settings = config.resolve().unwrap();
-        let state = sluice::state::AppState::new(settings).unwrap();
+        let clock = sluice::clock::ManualClock::new();
+        let state = sluice::state::AppState::with_clock(settings, clock.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(sluice::server::run(vec![listener], state, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(sluice::server::run(
+            vec![listener],
+            state.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         let client = reqwest::Client::builder().timeout(T).build().unwrap();
         Self {
             addr,
+            state,
+            clock,
             dir,
             client,
             stop: Some(tx),

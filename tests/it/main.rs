@@ -8,6 +8,7 @@ mod digest;
 mod download;
 mod engine;
 mod hardening;
+mod ietf;
 mod put;
 mod resumable;
 mod server;

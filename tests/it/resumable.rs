@@ -360,7 +360,8 @@ async fn tus_deferred_length_creation_with_upload_and_override() {
 async fn tus_termination_and_expiry_remove_files() {
     let s = TestServer::start_with(|c| {
         c.resumable.session_ttl = Duration::from_secs(1);
-        c.resumable.sweep_interval = Duration::from_millis(200);
+        // The sweeper's own timer never fires in this test: sweeps are called directly.
+        c.resumable.sweep_interval = Duration::from_secs(3600);
     })
     .await;
     let url = tus_create(&s, "t/del.bin", 10).await;
@@ -389,15 +390,18 @@ async fn tus_termination_and_expiry_remove_files() {
     );
     let sessions = s.dir.path().join("staging/sessions");
     assert_eq!(std::fs::read_dir(&sessions).unwrap().count(), 2);
-    let mut gone = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if std::fs::read_dir(&sessions).unwrap().count() == 0 {
-            gone = true;
-            break;
-        }
-    }
-    assert!(gone, "expired session files not swept");
+    let store = s.state.sessions.clone().unwrap();
+    // At the ttl's edge nothing expires; one second past it, the sweep removes the session.
+    s.clock.advance(1);
+    assert_eq!(store.sweep().await, 0);
+    assert_eq!(std::fs::read_dir(&sessions).unwrap().count(), 2);
+    s.clock.advance(1);
+    assert_eq!(store.sweep().await, 1);
+    assert_eq!(
+        std::fs::read_dir(&sessions).unwrap().count(),
+        0,
+        "expired session files not swept"
+    );
     let st = head(&s, &url).await.0;
     assert!(
         st == StatusCode::GONE || st == StatusCode::NOT_FOUND,
@@ -882,10 +886,10 @@ async fn ietf_draft_create_offset_append_complete_each_interop_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_during_uploads_then_resume_all() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // The test holds the listening socket (bound to :0) for both lives of the server and
+    // hands it over as fd 3 (LISTEN_FDS): no port is ever released and re-bound.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let cfg = dir.path().join("sluice.toml");
     std::fs::write(
         &cfg,
@@ -896,13 +900,21 @@ async fn crash_during_uploads_then_resume_all() {
     )
     .unwrap();
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("--config")
+        use command_fds::{CommandFdExt, FdMapping};
+        let fd = std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("--config")
             .arg(&cfg)
+            .env("LISTEN_FDS", "1")
+            .env_remove("LISTEN_PID")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+            .stderr(std::process::Stdio::null());
+        cmd.fd_mappings(vec![FdMapping {
+            parent_fd: fd,
+            child_fd: 3,
+        }])
+        .unwrap();
+        cmd.spawn().unwrap()
     };
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().timeout(T).build().unwrap();
