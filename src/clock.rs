@@ -1,14 +1,18 @@
-//! Time as an injected dependency: session expiry (and later retention, quotas and rate
-//! limits) asks a [`Clock`] for "now", so tests move time forward by hand instead of
-//! sleeping.
+//! Time as an injected dependency: session expiry and the hot cache's re-validation (and later
+//! retention, quotas and rate limits) ask a [`Clock`] for "now", so tests move time forward by
+//! hand instead of sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Wall-clock seconds since the epoch.
+/// Wall-clock time since the epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now_secs(&self) -> u64;
+    fn since_epoch(&self) -> Duration;
+
+    fn now_secs(&self) -> u64 {
+        self.since_epoch().as_secs()
+    }
 }
 
 /// The system clock.
@@ -16,32 +20,33 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now_secs(&self) -> u64 {
+    fn since_epoch(&self) -> Duration {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 }
 
-/// A clock that only moves when told to (tests).
+/// A clock that only moves when told to (tests); millisecond resolution.
 #[derive(Debug)]
 pub struct ManualClock(AtomicU64);
 
 impl ManualClock {
     /// Starts at the system time, so persisted timestamps look ordinary.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self(AtomicU64::new(SystemClock.now_secs())))
+        let ms = u64::try_from(SystemClock.since_epoch().as_millis()).unwrap_or(0);
+        Arc::new(Self(AtomicU64::new(ms)))
     }
 
-    pub fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
+    pub fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
-    fn now_secs(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+    fn since_epoch(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::SeqCst))
     }
 }
 
@@ -55,9 +60,10 @@ mod tests {
     #[test]
     fn manual_clock_moves_only_when_advanced() {
         let c = ManualClock::new();
-        let t = c.now_secs();
-        assert_eq!(c.now_secs(), t);
-        c.advance(90);
-        assert_eq!(c.now_secs(), t + 90);
+        let t = c.since_epoch();
+        assert_eq!(c.since_epoch(), t);
+        c.advance(Duration::from_millis(1500));
+        assert_eq!(c.since_epoch(), t + Duration::from_millis(1500));
+        assert_eq!(c.now_secs(), (t + Duration::from_millis(1500)).as_secs());
     }
 }

@@ -78,7 +78,7 @@ impl AppState {
                 config.resumable.session_ttl,
                 config.resumable.max_sessions,
                 &metrics.registry,
-                clock,
+                clock.clone(),
             )?))
         } else {
             None
@@ -91,6 +91,7 @@ impl AppState {
         let hot = crate::download::cache::HotCache::new(
             usize::try_from(hot_bytes).unwrap_or(0),
             config.download.hot_cache_ttl,
+            clock,
         );
         Ok(Arc::new(Self {
             hot,

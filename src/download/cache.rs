@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::SharedClock;
 
 use bytes::Bytes;
 
@@ -15,20 +17,23 @@ use crate::storage::FileMeta;
 struct Entry {
     meta: FileMeta,
     data: Bytes,
-    at: Instant,
+    /// When it was cached (the clock's time since the epoch).
+    at: Duration,
 }
 
 pub struct HotCache {
     max_bytes: usize,
     ttl: Duration,
+    clock: SharedClock,
     inner: Mutex<(HashMap<String, Entry>, usize)>,
 }
 
 impl HotCache {
-    pub fn new(max_bytes: usize, ttl: Duration) -> Self {
+    pub fn new(max_bytes: usize, ttl: Duration, clock: SharedClock) -> Self {
         Self {
             max_bytes,
             ttl,
+            clock,
             inner: Mutex::new((HashMap::new(), 0)),
         }
     }
@@ -36,7 +41,8 @@ impl HotCache {
     pub fn get(&self, key: &str) -> Option<(FileMeta, Bytes)> {
         let g = self.inner.lock().ok()?;
         let e = g.0.get(key)?;
-        (e.at.elapsed() < self.ttl).then(|| (e.meta.clone(), e.data.clone()))
+        (self.clock.since_epoch().saturating_sub(e.at) < self.ttl)
+            .then(|| (e.meta.clone(), e.data.clone()))
     }
 
     /// Remember a whole small file; the oldest entries make room.
@@ -65,7 +71,7 @@ impl HotCache {
             Entry {
                 meta: meta.clone(),
                 data: data.clone(),
-                at: Instant::now(),
+                at: self.clock.since_epoch(),
             },
         );
     }
@@ -95,16 +101,20 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes_oldest_out_and_expires() {
-        let c = HotCache::new(4096, Duration::from_millis(50));
+        let clock = crate::clock::ManualClock::new();
+        let c = HotCache::new(4096, Duration::from_millis(50), clock.clone());
         for i in 0..5 {
             c.put(&format!("k{i}"), &meta(1000), &Bytes::from(vec![0u8; 1000]));
+            clock.advance(Duration::from_millis(1));
         }
         assert!(c.get("k0").is_none(), "oldest evicted");
         assert!(c.get("k4").is_some());
         // Too large for the cache: not kept.
         c.put("big", &meta(2000), &Bytes::from(vec![0u8; 2000]));
         assert!(c.get("big").is_none());
-        std::thread::sleep(Duration::from_millis(60));
+        clock.advance(Duration::from_millis(45));
+        assert!(c.get("k4").is_some(), "within the ttl");
+        clock.advance(Duration::from_millis(5));
         assert!(c.get("k4").is_none(), "expired");
     }
 }

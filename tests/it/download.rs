@@ -323,6 +323,12 @@ async fn hot_small_files_come_from_memory_and_expire() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), &body[10..20]);
     // A file removed by hand stops being served once the entry is older than the ttl.
     std::fs::remove_file(s.files_dir().join("h/hot.txt")).unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    s.clock.advance(std::time::Duration::from_millis(299));
+    assert_eq!(
+        s.get_bytes("h/hot.txt").await.1,
+        body,
+        "still within the ttl"
+    );
+    s.clock.advance(std::time::Duration::from_millis(1));
     assert_eq!(s.get_bytes("h/hot.txt").await.0, StatusCode::NOT_FOUND);
 }

@@ -392,10 +392,10 @@ async fn tus_termination_and_expiry_remove_files() {
     assert_eq!(std::fs::read_dir(&sessions).unwrap().count(), 2);
     let store = s.state.sessions.clone().unwrap();
     // At the ttl's edge nothing expires; one second past it, the sweep removes the session.
-    s.clock.advance(1);
+    s.clock.advance(Duration::from_secs(1));
     assert_eq!(store.sweep().await, 0);
     assert_eq!(std::fs::read_dir(&sessions).unwrap().count(), 2);
-    s.clock.advance(1);
+    s.clock.advance(Duration::from_secs(1));
     assert_eq!(store.sweep().await, 1);
     assert_eq!(
         std::fs::read_dir(&sessions).unwrap().count(),

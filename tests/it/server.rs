@@ -209,9 +209,16 @@ async fn graceful_shutdown_lets_in_flight_upload_finish_and_stops_accepting() {
     }
     let addr = s.addr;
     s.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // New connections are refused once the listener is gone.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // New connections are refused once the listener is gone (polled, bounded).
+    let mut refused = false;
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "still accepting after shutdown began");
     write(&mut c, &[3u8; 10]).await;
     let resp = read_until(&mut c, "\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
@@ -236,7 +243,12 @@ async fn shutdown_grace_bounds_a_stuck_client() {
     )
     .await;
     write(&mut c, &[3u8; 10]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..200 {
+        if s.metric("sluice_uploads_in_flight").await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = std::time::Instant::now();
     s.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(5));
