@@ -28,6 +28,8 @@ pub enum ApiError {
     PathConflict,
     #[error("not found")]
     NotFound,
+    #[error("this file was taken down and cannot be uploaded again")]
+    TakenDown,
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
     #[error("request body ended after {received} of {expected} bytes")]
@@ -93,6 +95,7 @@ impl ApiError {
             },
             ApiError::Exists | ApiError::PathConflict => StatusCode::CONFLICT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TakenDown => StatusCode::GONE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ShortBody { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -150,6 +153,7 @@ impl From<StorageError> for ApiError {
         match e {
             StorageError::Exists => ApiError::Exists,
             StorageError::NotFound => ApiError::NotFound,
+            StorageError::TakenDown => ApiError::TakenDown,
             StorageError::PathConflict => ApiError::PathConflict,
             StorageError::NoSpace => ApiError::NoSpace,
             StorageError::NameTooLong => {

@@ -6,17 +6,22 @@
 //! - [`state`]: [`state::AppState`], built once from settings
 //! - [`server`]: accept loop, HTTP/1.1 + h2c, timeouts, graceful shutdown
 //! - [`router`]: `Route::parse` + dispatch, metrics and CORS per request
+//! - [`body`]: the request body handlers get; drained when dropped unread (bounded)
 //! - [`auth`]: upload grants (v, v2, token, v3 HMAC; Prosody JWT), constant-time
 //! - [`upload`]: protocol adapters (PUT) over storage + engine
 //! - [`download`]: GET/HEAD with the stored-file header policy
 //! - [`digest`]: RFC 9530 `Content-Digest` / `Repr-Digest` (pure)
 //! - [`engine`]: the streaming engine — tiered buffer pool, sizing, copy loops
 //! - [`storage`]: path rules, staged atomic no-overwrite commit, metadata
+//! - [`catalog`]: one row per stored file (SQLite embedded), the source of truth for what is
+//!   published
 //! - [`metrics`]: the Prometheus registry owned by the state
 //! - [`clock`]: injected time (session expiry), a manual clock for tests
 //! - [`error`], [`response`]: one exhaustive error → status mapping; response helpers
 
 pub mod auth;
+pub mod body;
+pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod digest;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::body::ReqBody;
 use http::{header, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 use tracing::Instrument;
 
@@ -17,11 +17,6 @@ use crate::{download, upload};
 /// The TCP peer of the connection a request came on (a request extension).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
-
-/// A response extension: the handler refused the request but reads its body to the end in
-/// the background, so the connection stays usable (see [`handle`]).
-#[derive(Debug, Clone, Copy)]
-pub struct BodyDrained;
 
 /// The engine's sizing prior for this request's client: its address (the peer, or the last
 /// `X-Forwarded-For` entry when the operator trusts the proxy) and its User-Agent.
@@ -180,8 +175,13 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 /// Handle one request. Never fails: every error is already a response.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<ResBody> {
     let started = Instant::now();
+    let body_state = crate::body::BodyState::default();
+    let req = wrap_body(&state, req, body_state.clone());
     let route = Route::parse(
         req.method(),
         req.uri().path(),
@@ -198,11 +198,6 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
     let origin = req.headers().get(header::ORIGIN).cloned();
     let route_name = route.name();
     let http1 = req.version() < http::Version::HTTP_2;
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
     let mut res = match host_error(&req) {
         Some(reason) => {
             let mut r = response::text(StatusCode::BAD_REQUEST, reason);
@@ -212,14 +207,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
         }
         None => dispatch(&state, route, req).instrument(span).await,
     };
-    // A refusal may leave the request body unread; hyper then closes the connection after
-    // the response, and must not have promised keep-alive in it. Unless the handler drains
-    // the body, say so: the client sends its next request on a new connection.
-    if http1
-        && has_body
-        && (res.status().is_client_error() || res.status().is_server_error())
-        && res.extensions().get::<BodyDrained>().is_none()
-    {
+    // A body left unread and too large to drain makes hyper close the connection after the
+    // response: the response must not promise keep-alive, so the client sends its next
+    // request on a new connection.
+    if http1 && body_state.abandoned() {
         res.headers_mut()
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
@@ -237,6 +228,27 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
         .with_label_values(&[route_name])
         .observe(started.elapsed().as_secs_f64());
     res
+}
+
+/// The request with its body wrapped in [`ReqBody`] (drained when dropped unread, bounded).
+fn wrap_body(
+    state: &AppState,
+    req: Request<hyper::body::Incoming>,
+    body_state: crate::body::BodyState,
+) -> Request<ReqBody> {
+    let h = req.headers();
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let awaiting_continue = h
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let policy = crate::body::DrainPolicy {
+        limit: state.config.server.drain_limit.as_u64(),
+        idle: state.config.server.body_idle_timeout,
+    };
+    req.map(|b| ReqBody::new(b, declared, awaiting_continue, policy, body_state))
 }
 
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a `Host` field, and
@@ -267,11 +279,7 @@ fn head_size<B>(req: &Request<B>) -> u64 {
     (target + fields) as u64
 }
 
-async fn dispatch(
-    state: &Arc<AppState>,
-    route: Route,
-    req: Request<Incoming>,
-) -> Response<ResBody> {
+async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<ReqBody>) -> Response<ResBody> {
     if head_size(&req) > state.config.server.max_header_size.as_u64() {
         let mut r = response::text(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -96,6 +96,7 @@ mod tests {
             content_type: "text/plain".into(),
             uploaded_at: 0,
             uploader: None,
+            expires_at: None,
         }
     }
 

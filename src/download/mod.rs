@@ -10,9 +10,9 @@ pub mod range;
 
 use std::sync::Arc;
 
+use crate::body::ReqBody;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::engine::Segment;
@@ -125,7 +125,7 @@ pub async fn handle(
     state: &Arc<AppState>,
     raw_path: &str,
     head: bool,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let path = match StoredPath::parse(raw_path, &state.download_rules) {
         Ok(p) => p,

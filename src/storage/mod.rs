@@ -2,21 +2,29 @@
 //! commit that every upload path ends in.
 //!
 //! Layout under the configured directory:
-//! - `files/<path>`   published files (the only tree ever served)
-//! - `meta/<path>`    JSON metadata (size, SHA-256, content type, upload time); never served
-//! - `staging/`       uploads in progress (same filesystem, so publishing is a link)
+//! - `files/<path>`      published files (the only tree ever served)
+//! - `catalog.sqlite3`   the catalog: one row per stored file (see [`crate::catalog`]), the source
+//!   of truth for what is published and with which metadata
+//! - `staging/`          uploads in progress (same filesystem, so publishing is a link)
+//! - `meta/<path>`       JSON metadata written by versions before the catalog; imported once
+//!
+//! A file is published in this order: bytes durable, linked under the final name, the name
+//! durable, the row committed; only then does an upload answer 201. A file is removed in the
+//! reverse order (row marked deleted, then the bytes). Start-up reconciles both ways.
 //!
 //! Must not: see HTTP types. Everything here is blocking and is called from `spawn_blocking`.
 
 pub mod path;
+mod reconcile;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{Catalog, CatalogError, DeleteReason, FileRow};
 use crate::config::Durability;
 pub use path::{PathError, PathRules, StoredPath};
 
@@ -27,6 +35,9 @@ pub enum StorageError {
     Exists,
     #[error("no such file")]
     NotFound,
+    /// The path was taken down: it answers 410 and cannot be uploaded again.
+    #[error("this file was taken down")]
+    TakenDown,
     #[error("path conflicts with an existing file or directory")]
     PathConflict,
     #[error("storage is full")]
@@ -36,6 +47,17 @@ pub enum StorageError {
     NameTooLong,
     #[error("storage I/O error: {0}")]
     Io(#[source] io::Error),
+}
+
+impl From<CatalogError> for StorageError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Exists => StorageError::Exists,
+            CatalogError::TakenDown => StorageError::TakenDown,
+            CatalogError::NoSpace => StorageError::NoSpace,
+            CatalogError::Backend(m) => StorageError::Io(io::Error::other(m)),
+        }
+    }
 }
 
 impl From<io::Error> for StorageError {
@@ -64,9 +86,13 @@ pub struct FileMeta {
     pub content_type: String,
     /// Seconds since the epoch.
     pub uploaded_at: u64,
-    /// Bare JID of the uploader when known (JWT mode).
+    /// Who uploaded it, where the grant says (JWT `sub`; the first path segment of an
+    /// ejabberd slot when configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploader: Option<String>,
+    /// When it expires (seconds since the epoch); `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl FileMeta {
@@ -76,14 +102,15 @@ impl FileMeta {
 }
 
 /// The filesystem backend.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FsStorage {
     files: PathBuf,
     meta: PathBuf,
     staging: PathBuf,
     durability: Durability,
+    catalog: std::sync::Arc<dyn Catalog>,
     /// Published files never change, so their metadata can be cached (bounded; cleared
-    /// wholesale when full).
+    /// wholesale when full; an entry goes when its file is removed).
     meta_cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FileMeta>>>,
     /// Directories under `files/` and `meta/` whose names are known to be durable.
     durable_dirs: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
@@ -91,15 +118,6 @@ pub struct FsStorage {
 
 const META_CACHE_MAX: usize = 16_384;
 const DURABLE_DIRS_MAX: usize = 16_384;
-
-/// A file name in `staging/` that is removed when dropped (a no-op once it was renamed away).
-struct TempName(PathBuf);
-
-impl Drop for TempName {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
 
 /// An upload being written in `staging/`. Dropping it without [`FsStorage::commit`] deletes the
 /// staged file, so a disconnect or error never leaves anything behind.
@@ -142,14 +160,30 @@ impl Drop for Staged {
 }
 
 impl FsStorage {
-    /// Open (creating directories) the store under `root`, and clear leftovers of uploads that
-    /// were in progress when the process last stopped.
+    /// Open (creating directories) the store under `root` with its embedded catalog, clear
+    /// leftovers of uploads that were in progress when the process last stopped, and reconcile
+    /// the catalog with the files tree.
     pub fn open(root: &Path, durability: Durability) -> Result<Self, StorageError> {
+        fs::create_dir_all(root)?;
+        let catalog = crate::catalog::sqlite::SqliteCatalog::open(
+            &root.join("catalog.sqlite3"),
+            durability == Durability::Fsync,
+        )?;
+        Self::open_with(root, durability, std::sync::Arc::new(catalog))
+    }
+
+    /// [`FsStorage::open`] with a given catalog.
+    pub fn open_with(
+        root: &Path,
+        durability: Durability,
+        catalog: std::sync::Arc<dyn Catalog>,
+    ) -> Result<Self, StorageError> {
         let s = Self {
             files: root.join("files"),
             meta: root.join("meta"),
             staging: root.join("staging"),
             durability,
+            catalog,
             meta_cache: Default::default(),
             durable_dirs: Default::default(),
         };
@@ -172,7 +206,13 @@ impl FsStorage {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        reconcile::run(&s)?;
         Ok(s)
+    }
+
+    /// The catalog behind this store.
+    pub fn catalog(&self) -> &dyn Catalog {
+        self.catalog.as_ref()
     }
 
     /// Directory for staged data of other subsystems (resumable sessions).
@@ -180,8 +220,18 @@ impl FsStorage {
         &self.staging
     }
 
-    pub fn exists(&self, p: &StoredPath) -> bool {
-        p.under(&self.files).symlink_metadata().is_ok()
+    /// Whether `p` can take a new upload: `Exists` if a file is there, `TakenDown` if the path
+    /// was taken down.
+    pub fn check_free(&self, p: &StoredPath) -> Result<(), StorageError> {
+        if p.under(&self.files).symlink_metadata().is_ok() {
+            return Err(StorageError::Exists);
+        }
+        match self.catalog.get(p.as_str())? {
+            Some(e) if e.deleted.is_some_and(|(r, _)| r.is_takedown()) => {
+                Err(StorageError::TakenDown)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Start an upload: a new, exclusively created file in `staging/`.
@@ -217,14 +267,12 @@ impl FsStorage {
 
     /// Publish a staged upload at `p` atomically and without ever replacing an existing file.
     ///
-    /// Order: fsync the data (per durability); create the directories of the final name and
-    /// of its metadata, each new level made durable in its parent; write the metadata to a
-    /// staged file; hard-link the data into place (the commit point: fails if the name
-    /// exists); rename the metadata into place; fsync both final directories. Everything that
-    /// can run out of space happens before the link. If a step after the link fails anyway,
-    /// the name is unlinked again before the error is returned: an error never leaves a file
-    /// published, and `Ok` means the file, its metadata and every name on their paths are
-    /// durable (with `durability = "fsync"`).
+    /// Order: fsync the data (per durability); create the directories of the final name, each
+    /// new level made durable in its parent; hard-link the data into place (the commit point
+    /// for the bytes: fails if the name exists); fsync the final directory; commit the
+    /// catalog row. If a step after the link fails, the name is unlinked again before the
+    /// error is returned: an error never leaves a published file behind, and `Ok` means the
+    /// file, every name on its path and its row are durable (with `durability = "fsync"`).
     pub fn commit(
         &self,
         mut staged: Staged,
@@ -240,10 +288,6 @@ impl FsStorage {
         let dest = p.under(&self.files);
         let parent = dest.parent().unwrap_or(&self.files).to_path_buf();
         self.ensure_dirs(&self.files, &parent)?;
-        let meta_dest = p.under(&self.meta);
-        let meta_parent = meta_dest.parent().unwrap_or(&self.meta).to_path_buf();
-        self.ensure_dirs(&self.meta, &meta_parent)?;
-        let meta_tmp = self.stage_meta(meta)?;
         match fs::hard_link(&staged.path, &dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StorageError::Exists),
@@ -252,22 +296,47 @@ impl FsStorage {
         // The name is ours now (the link could not have replaced anything). A failure from
         // here on takes it back, so the caller's error tells the truth.
         let finish = || -> Result<(), StorageError> {
-            fs::rename(&meta_tmp.0, &meta_dest)?;
             if fsync {
                 sync_dir(&parent)?;
-                sync_dir(&meta_parent)?;
             }
+            self.catalog.insert(FileRow {
+                path: p.as_str().to_owned(),
+                meta: meta.clone(),
+            })?;
             Ok(())
         };
         if let Err(e) = finish() {
             let _ = fs::remove_file(&dest);
-            let _ = fs::remove_file(&meta_dest);
             return Err(e);
         }
         staged.committed = true;
         let _ = fs::remove_file(&staged.path);
         self.cache_meta(p, meta);
         Ok(())
+    }
+
+    /// Remove a published file: the row is marked deleted first (from then on the file is
+    /// never served again), then the bytes go. Returns the removed row, `None` if there was
+    /// no live file (a takedown still blocks the path).
+    pub fn remove(
+        &self,
+        p: &StoredPath,
+        reason: DeleteReason,
+        at: u64,
+    ) -> Result<Option<FileRow>, StorageError> {
+        if let Ok(mut c) = self.meta_cache.lock() {
+            c.remove(p.as_str());
+        }
+        let row = self.catalog.delete(p.as_str(), reason, at)?;
+        if let Ok(mut c) = self.meta_cache.lock() {
+            c.remove(p.as_str());
+        }
+        match fs::remove_file(p.under(&self.files)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(row)
     }
 
     /// Create `dir` (under `root`, which exists and is durable) and, with `durability =
@@ -305,68 +374,30 @@ impl FsStorage {
         Ok(())
     }
 
-    /// Write metadata to a new file in `staging/` (fsynced per durability); it is removed
-    /// when the returned guard drops unless it was renamed into place.
-    fn stage_meta(&self, meta: &FileMeta) -> Result<TempName, StorageError> {
-        let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw).map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
-        let tmp = TempName(self.staging.join(format!("meta-{}", hex::encode(raw))));
-        let json = serde_json::to_vec(meta)
-            .map_err(|e| StorageError::Io(io::Error::other(e.to_string())))?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp.0)?;
-        f.write_all(&json)?;
-        if self.durability == Durability::Fsync {
-            f.sync_all()?;
-        }
-        Ok(tmp)
-    }
-
-    /// Replace the metadata of a published file (after rebuilding it from the content).
-    fn write_meta(&self, p: &StoredPath, meta: &FileMeta) -> Result<(), StorageError> {
-        let dest = p.under(&self.meta);
-        let parent = dest.parent().unwrap_or(&self.meta).to_path_buf();
-        self.ensure_dirs(&self.meta, &parent)?;
-        let tmp = self.stage_meta(meta)?;
-        fs::rename(&tmp.0, &dest)?;
-        Ok(())
-    }
-
-    /// Open a published file with its metadata. If the metadata is missing (a crash between
-    /// publish and metadata write), it is rebuilt from the file.
+    /// Open a published file with its metadata from the catalog. A file without a live row
+    /// is not served (it is being published, or was removed): `NotFound`, or `TakenDown`.
     pub fn open_file(&self, p: &StoredPath) -> Result<(File, FileMeta), StorageError> {
-        let path = p.under(&self.files);
-        let file = File::open(&path)?;
-        let md = file.metadata()?;
-        if !md.is_file() {
-            return Err(StorageError::NotFound);
-        }
         let cached = self
             .meta_cache
             .lock()
             .ok()
-            .and_then(|c| c.get(p.as_str()).cloned())
-            .filter(|m| m.size == md.len());
-        if let Some(m) = cached {
-            return Ok((file, m));
-        }
-        let meta = match fs::read(p.under(&self.meta)) {
-            Ok(bytes) => match serde_json::from_slice::<FileMeta>(&bytes) {
-                Ok(m) if m.size == md.len() => Some(m),
-                _ => None,
-            },
-            Err(_) => None,
-        };
-        let meta = match meta {
+            .and_then(|c| c.get(p.as_str()).cloned());
+        let meta = match cached {
             Some(m) => m,
-            None => {
-                let m = rebuild_meta(&path, p, &md)?;
-                let _ = self.write_meta(p, &m);
-                m
-            }
+            None => match self.catalog.get(p.as_str())? {
+                None => return Err(StorageError::NotFound),
+                Some(e) => match e.deleted {
+                    Some((r, _)) if r.is_takedown() => return Err(StorageError::TakenDown),
+                    Some(_) => return Err(StorageError::NotFound),
+                    None => e.row.meta,
+                },
+            },
         };
+        let file = File::open(p.under(&self.files))?;
+        let md = file.metadata()?;
+        if !md.is_file() || md.len() != meta.size {
+            return Err(StorageError::NotFound);
+        }
         self.cache_meta(p, &meta);
         Ok((file, meta))
     }
@@ -382,7 +413,11 @@ impl FsStorage {
     }
 }
 
-fn rebuild_meta(path: &Path, p: &StoredPath, md: &fs::Metadata) -> Result<FileMeta, StorageError> {
+pub(crate) fn rebuild_meta(
+    path: &Path,
+    p: &StoredPath,
+    md: &fs::Metadata,
+) -> Result<FileMeta, StorageError> {
     use sha2::{Digest, Sha256};
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
@@ -399,6 +434,7 @@ fn rebuild_meta(path: &Path, p: &StoredPath, md: &fs::Metadata) -> Result<FileMe
         content_type: guess_type(p.file_name()),
         uploaded_at,
         uploader: None,
+        expires_at: None,
     })
 }
 
@@ -432,10 +468,26 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     thread_local! {
         /// Directories fsynced on this thread (commits in these tests run on it).
         pub(super) static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn meta(size: u64) -> FileMeta {
+        FileMeta {
+            size,
+            sha256: "00".into(),
+            content_type: "text/plain".into(),
+            uploaded_at: 1,
+            uploader: None,
+            expires_at: None,
+        }
+    }
+
+    fn sp(s: &str) -> StoredPath {
+        StoredPath::parse(s, &PathRules::default()).unwrap()
     }
 
     #[test]
@@ -448,66 +500,75 @@ mod tests {
         s.commit(a, &sp("slot/sub/f.txt"), &meta(1)).unwrap();
         let synced = SYNCED.with(|v| v.borrow().clone());
         // A new name is durable once its parent directory was fsynced after it was made.
-        for tree in ["files", "meta"] {
-            for d in ["", "/slot", "/slot/sub"] {
-                let want = dir.path().join(format!("{tree}{d}"));
-                assert!(
-                    synced.contains(&want),
-                    "{} not fsynced: {synced:?}",
-                    want.display()
-                );
-            }
+        for d in ["", "/slot", "/slot/sub"] {
+            let want = dir.path().join(format!("files{d}"));
+            assert!(
+                synced.contains(&want),
+                "{} not fsynced: {synced:?}",
+                want.display()
+            );
         }
         // A second upload into the same directory does not fsync the known levels again.
         SYNCED.with(|v| v.borrow_mut().clear());
         let b = s.stage().unwrap();
         s.commit(b, &sp("slot/sub/g.txt"), &meta(0)).unwrap();
         let synced = SYNCED.with(|v| v.borrow().clone());
-        assert_eq!(
-            synced,
-            vec![
-                dir.path().join("files/slot/sub"),
-                dir.path().join("meta/slot/sub")
-            ]
-        );
+        assert_eq!(synced, vec![dir.path().join("files/slot/sub")]);
     }
 
     #[test]
     fn failure_after_the_link_unpublishes() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::open(dir.path(), Durability::Fsync).unwrap();
-        // Metadata cannot be put in place (a directory holds its name): the commit must fail
-        // and leave nothing under the final name.
-        fs::create_dir_all(dir.path().join("meta/x/f.txt")).unwrap();
+        // The row cannot be committed (the path was taken down meanwhile): the commit must
+        // fail and leave nothing under the final name.
+        s.catalog()
+            .delete("x/f.txt", DeleteReason::Admin, 1)
+            .unwrap();
         let mut a = s.stage().unwrap();
         a.file().unwrap().write_all(b"data").unwrap();
-        assert!(s.commit(a, &sp("x/f.txt"), &meta(4)).is_err());
+        assert!(matches!(
+            s.commit(a, &sp("x/f.txt"), &meta(4)),
+            Err(StorageError::TakenDown)
+        ));
         assert!(!dir.path().join("files/x/f.txt").exists());
         assert!(matches!(
             s.open_file(&sp("x/f.txt")),
-            Err(StorageError::NotFound)
+            Err(StorageError::TakenDown)
         ));
         assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
-        // Once the obstacle is gone, the same name can be uploaded.
-        fs::remove_dir(dir.path().join("meta/x/f.txt")).unwrap();
-        let mut b = s.stage().unwrap();
-        b.file().unwrap().write_all(b"data").unwrap();
-        s.commit(b, &sp("x/f.txt"), &meta(4)).unwrap();
-        assert_eq!(fs::read(dir.path().join("files/x/f.txt")).unwrap(), b"data");
+        assert!(matches!(
+            s.check_free(&sp("x/f.txt")),
+            Err(StorageError::TakenDown)
+        ));
     }
 
-    fn meta(size: u64) -> FileMeta {
-        FileMeta {
-            size,
-            sha256: "00".into(),
-            content_type: "text/plain".into(),
-            uploaded_at: 1,
-            uploader: None,
+    #[test]
+    fn remove_unserves_then_deletes_and_frees_the_path_unless_taken_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path(), Durability::None).unwrap();
+        for name in ["r/a.txt", "r/b.txt"] {
+            let mut a = s.stage().unwrap();
+            a.file().unwrap().write_all(b"abc").unwrap();
+            s.commit(a, &sp(name), &meta(3)).unwrap();
         }
-    }
-
-    fn sp(s: &str) -> StoredPath {
-        StoredPath::parse(s, &PathRules::default()).unwrap()
+        let gone = s.remove(&sp("r/a.txt"), DeleteReason::Expired, 10).unwrap();
+        assert_eq!(gone.unwrap().path, "r/a.txt");
+        assert!(matches!(
+            s.open_file(&sp("r/a.txt")),
+            Err(StorageError::NotFound)
+        ));
+        assert!(!dir.path().join("files/r/a.txt").exists());
+        s.check_free(&sp("r/a.txt")).unwrap();
+        s.remove(&sp("r/b.txt"), DeleteReason::Admin, 10).unwrap();
+        assert!(matches!(
+            s.open_file(&sp("r/b.txt")),
+            Err(StorageError::TakenDown)
+        ));
+        assert!(matches!(
+            s.check_free(&sp("r/b.txt")),
+            Err(StorageError::TakenDown)
+        ));
     }
 
     #[test]
@@ -560,22 +621,49 @@ mod tests {
     }
 
     #[test]
-    fn missing_meta_is_rebuilt_from_content() {
+    fn restart_reconciles_the_catalog_with_the_files_tree() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::open(dir.path(), Durability::None).unwrap();
         let mut a = s.stage().unwrap();
-        a.file().unwrap().write_all(b"abc").unwrap();
-        s.commit(a, &sp("k/abc.txt"), &meta(3)).unwrap();
-        fs::remove_file(dir.path().join("meta/k/abc.txt")).unwrap();
-        // As after a crash between publishing and writing metadata: a new process.
-        let s = FsStorage::open(dir.path(), Durability::None).unwrap();
-        let (_, m) = s.open_file(&sp("k/abc.txt")).unwrap();
-        assert_eq!(
-            m.sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(m.content_type, "text/plain");
-        assert!(dir.path().join("meta/k/abc.txt").exists());
+        a.file().unwrap().write_all(b"gone").unwrap();
+        s.commit(a, &sp("k/gone.txt"), &meta(4)).unwrap();
+        drop(s);
+        // A file linked whose row never landed (a crash between the two), a file of a data
+        // directory from before the catalog with its JSON metadata, and a row whose file
+        // vanished.
+        fs::create_dir_all(dir.path().join("files/k")).unwrap();
+        fs::write(dir.path().join("files/k/abc.txt"), b"abc").unwrap();
+        fs::create_dir_all(dir.path().join("files/old")).unwrap();
+        fs::write(dir.path().join("files/old/pic.jpg"), b"jpeg").unwrap();
+        fs::create_dir_all(dir.path().join("meta/old")).unwrap();
+        fs::write(
+            dir.path().join("meta/old/pic.jpg"),
+            br#"{"size":4,"sha256":"ab","content_type":"image/png","uploaded_at":7,"uploader":"u@x"}"#,
+        )
+        .unwrap();
+        fs::remove_file(dir.path().join("files/k/gone.txt")).unwrap();
+        for _ in 0..2 {
+            // Twice: reconciling is idempotent.
+            let s = FsStorage::open(dir.path(), Durability::None).unwrap();
+            let (_, m) = s.open_file(&sp("k/abc.txt")).unwrap();
+            assert_eq!(
+                m.sha256,
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            );
+            assert_eq!(m.content_type, "text/plain");
+            let (_, m) = s.open_file(&sp("old/pic.jpg")).unwrap();
+            assert_eq!(
+                (
+                    m.content_type.as_str(),
+                    m.uploaded_at,
+                    m.uploader.as_deref()
+                ),
+                ("image/png", 7, Some("u@x"))
+            );
+            let e = s.catalog().get("k/gone.txt").unwrap().unwrap();
+            assert_eq!(e.deleted.map(|d| d.0), Some(DeleteReason::Missing));
+            assert_eq!(s.catalog().stats(0).unwrap().files, 2);
+        }
     }
 
     #[test]

@@ -11,9 +11,9 @@
 
 use std::sync::Arc;
 
+use crate::body::ReqBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::error::ApiError;
 use crate::response::{full, ResBody};
@@ -63,7 +63,7 @@ fn progress_json(state: &AppState, m: &SessionMeta) -> serde_json::Value {
     })
 }
 
-pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {
+pub async fn handle(state: &Arc<AppState>, req: Request<ReqBody>) -> Response<ResBody> {
     handle_inner(state, req)
         .await
         .unwrap_or_else(ApiError::into_response)
@@ -71,7 +71,7 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<R
 
 async fn handle_inner(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     if *req.method() != Method::POST && *req.method() != Method::PUT {
         return Err(ApiError::MethodNotAllowed {
@@ -190,7 +190,7 @@ async fn handle_inner(
 }
 
 /// `GET /upload-status?session_id=<id>`.
-pub async fn status(state: &Arc<AppState>, req: Request<Incoming>) -> Response<ResBody> {
+pub async fn status(state: &Arc<AppState>, req: Request<ReqBody>) -> Response<ResBody> {
     let r = async {
         let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
         let id = req

@@ -20,9 +20,9 @@
 
 use std::sync::Arc;
 
+use crate::body::ReqBody;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use crate::error::ApiError;
 use crate::response::{empty, ResBody};
@@ -273,11 +273,7 @@ impl Failure {
     }
 }
 
-pub async fn handle(
-    state: &Arc<AppState>,
-    rest: &str,
-    req: Request<Incoming>,
-) -> Response<ResBody> {
+pub async fn handle(state: &Arc<AppState>, rest: &str, req: Request<ReqBody>) -> Response<ResBody> {
     let version = interop_version(req.headers()).unwrap_or(LATEST_INTEROP);
     match handle_inner(state, rest, req).await {
         Ok(r) => r,
@@ -288,7 +284,7 @@ pub async fn handle(
 async fn handle_inner(
     state: &Arc<AppState>,
     rest: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, Failure> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let version = interop_version(req.headers())?;
@@ -425,7 +421,7 @@ async fn append(
     state: &Arc<AppState>,
     s: &Arc<Session>,
     version: u32,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, Failure> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let h = req.headers();
@@ -591,7 +587,7 @@ async fn create(
     state: &Arc<AppState>,
     rest: &str,
     version: u32,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, Failure> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let h = req.headers().clone();

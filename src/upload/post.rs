@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
+use crate::body::ReqBody;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 
 use crate::engine::{EngineError, Expect, Sink};
 use crate::error::ApiError;
@@ -21,7 +22,7 @@ use crate::storage::FileMeta;
 pub async fn handle(
     state: &Arc<AppState>,
     raw_path: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let ct = req
         .headers()
@@ -46,12 +47,9 @@ pub async fn handle(
         return Err(ApiError::TooLarge { max });
     }
     let (storage, t2) = (state.storage.clone(), target.clone());
-    let exists = tokio::task::spawn_blocking(move || storage.exists(&t2))
+    tokio::task::spawn_blocking(move || storage.check_free(&t2))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if exists {
-        return Err(ApiError::Exists);
-    }
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     let client = crate::router::client_of(state, &req);
     let body = req.into_body().into_data_stream();
     let mut form = multer::Multipart::new(body, boundary);
@@ -111,6 +109,7 @@ pub async fn handle(
         content_type: content_type.clone(),
         uploaded_at: super::unix_now(),
         uploader: grant.uploader,
+        expires_at: None,
     };
     let p2 = target.clone();
     tokio::task::spawn_blocking(move || storage.commit(staged, &p2, &meta))

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::body::ReqBody;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::auth::GrantRequest;
 use crate::engine::{EngineError, Expect, Sink};
@@ -20,36 +20,21 @@ use crate::storage::{FileMeta, StoredPath};
 pub async fn handle(
     state: &Arc<AppState>,
     raw_path: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let http1 = req.version() < http::Version::HTTP_2;
-    let expects_continue = req
-        .headers()
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let client = crate::router::client_of(state, &req);
     let (parts, body) = req.into_parts();
+    // A refusal drops the body unread: `ReqBody` drains a small rest (so the refusal reaches a
+    // client that is already sending, and nginx does not turn it into a 502) or the router
+    // answers `Connection: close`. A client waiting for 100-continue is refused before it
+    // sends anything.
     let result = match prepare(state, raw_path, &parts).await {
         Ok(prep) => receive_and_commit(state, prep, body, &client).await,
-        Err(e) => {
-            // Refused before reading the body. A client that waits for 100-continue never
-            // sends it; others are already sending. Draining (bounded) instead of closing lets
-            // the response reach them and keeps reverse proxies (nginx with request buffering
-            // off) from turning our 403/409 into a 502 on a broken pipe.
-            let declared = declared_len(&parts).unwrap_or(None);
-            let small_enough =
-                declared.is_some_and(|n| n <= state.config.server.drain_limit.as_u64());
-            if !expects_continue && small_enough && !matches!(e, ApiError::TooLarge { .. }) {
-                drain_in_background(body, state.config.server.body_idle_timeout);
-                Err((e, false))
-            } else {
-                Err((e, true))
-            }
-        }
+        Err(e) => Err(e),
     };
     let label = match &result {
         Ok(_) => "created",
-        Err((ApiError::Auth(a), _)) => {
+        Err(ApiError::Auth(a)) => {
             state
                 .metrics
                 .auth_failures
@@ -57,36 +42,13 @@ pub async fn handle(
                 .inc();
             "unauthorized"
         }
-        Err((ApiError::Exists | ApiError::PathConflict, _)) => "conflict",
-        Err((ApiError::TooLarge { .. }, _)) => "too_large",
-        Err((ApiError::ShortBody { .. } | ApiError::ClientGone | ApiError::BodyTimeout, _)) => {
-            "aborted"
-        }
+        Err(ApiError::Exists | ApiError::PathConflict | ApiError::TakenDown) => "conflict",
+        Err(ApiError::TooLarge { .. }) => "too_large",
+        Err(ApiError::ShortBody { .. } | ApiError::ClientGone | ApiError::BodyTimeout) => "aborted",
         Err(_) => "rejected",
     };
     state.metrics.uploads.with_label_values(&[label]).inc();
-    result.or_else(|(e, close)| {
-        let mut res = e.into_response();
-        if !close {
-            res.extensions_mut().insert(crate::router::BodyDrained);
-        }
-        if http1 && close {
-            // The body is left unread: tell the client not to reuse the connection (hyper
-            // closes it), so a pooled client does not send its next request into it.
-            res.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        Ok(res)
-    })
-}
-
-/// Read and discard a refused request's body in the background, up to its declared length,
-/// giving up after `idle` without data.
-fn drain_in_background(mut body: Incoming, idle: std::time::Duration) {
-    tokio::spawn(async move {
-        use http_body_util::BodyExt;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(idle, body.frame()).await {}
-    });
+    result
 }
 
 /// What `prepare` established before any body byte is read.
@@ -158,9 +120,7 @@ async fn prepare(
     // Early conflict check (the commit re-checks atomically) and staging, in one hop.
     let (storage, p2) = (state.storage.clone(), path.clone());
     let staged = tokio::task::spawn_blocking(move || {
-        if storage.exists(&p2) {
-            return Err(ApiError::Exists);
-        }
+        storage.check_free(&p2)?;
         storage.stage().map_err(ApiError::from)
     })
     .await
@@ -180,16 +140,15 @@ async fn prepare(
 async fn receive_and_commit(
     state: &Arc<AppState>,
     prep: Prepared,
-    body: Incoming,
+    body: ReqBody,
     client: &crate::engine::Client,
-) -> Result<Response<ResBody>, (ApiError, bool)> {
-    let close = |e: ApiError| (e, true);
+) -> Result<Response<ResBody>, ApiError> {
     let storage = state.storage.clone();
     let mut staged = prep.staged;
     let _in_flight = GaugeGuard::new(&state.metrics.uploads_in_flight);
     let file = staged
         .take_file()
-        .ok_or_else(|| close(ApiError::Internal("staged file missing".into())))?;
+        .ok_or_else(|| ApiError::Internal("staged file missing".into()))?;
     let len = prep.len;
     let mut sink = Sink::new(file);
     if prep
@@ -212,15 +171,15 @@ async fn receive_and_commit(
         )
         .await
         .map_err(|e| match e {
-            EngineError::TooLarge => close(ApiError::TooLarge { max: len }),
-            other => close(ApiError::from(other)),
+            EngineError::TooLarge => ApiError::TooLarge { max: len },
+            other => ApiError::from(other),
         })?;
     state.metrics.upload_bytes.inc_by(sink.written);
     let sha256 = sha2::Digest::finalize(sink.hasher);
     let sha512 = sink.chunk.map(crate::engine::ChunkDigest::finish);
     if !crate::digest::all_match(&prep.digests, &sha256, sha512.as_deref()) {
         // The staged bytes go with `staged`; nothing was published.
-        return Err((ApiError::DigestMismatch, false));
+        return Err(ApiError::DigestMismatch);
     }
     let sha256 = hex::encode(sha256);
     staged.put_file(sink.file);
@@ -230,12 +189,12 @@ async fn receive_and_commit(
         content_type: prep.content_type,
         uploaded_at: super::unix_now(),
         uploader: prep.grant.uploader,
+        expires_at: None,
     };
     let path = prep.path;
     tokio::task::spawn_blocking(move || storage.commit(staged, &path, &meta))
         .await
-        .map_err(|e| (ApiError::Internal(e.to_string()), false))?
-        .map_err(|e| (e.into(), false))?;
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     tracing::info!(
         bytes = len,
         mode = crate::auth::mode_name(prep.grant.mode),

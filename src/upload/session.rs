@@ -459,12 +459,9 @@ impl SessionStore {
         }
         if let Some(t) = &n.target {
             let (storage, t) = (self.storage.clone(), t.clone());
-            if tokio::task::spawn_blocking(move || storage.exists(&t))
+            tokio::task::spawn_blocking(move || storage.check_free(&t))
                 .await
-                .map_err(blocking_err)?
-            {
-                return Err(ApiError::Exists);
-            }
+                .map_err(blocking_err)??;
         }
         let id = new_id()?;
         let now = self.now();
@@ -920,6 +917,7 @@ impl SessionStore {
                 content_type: m.content_type.clone(),
                 uploaded_at: self.now(),
                 uploader: m.uploader.clone(),
+                expires_at: None,
             };
             let (storage, data) = (self.storage.clone(), self.data_path(&s.id));
             let res = tokio::task::spawn_blocking(move || {

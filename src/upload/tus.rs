@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
+use crate::body::ReqBody;
 use base64::Engine as _;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::engine::ChunkDigest;
 use crate::error::ApiError;
@@ -108,11 +108,7 @@ pub fn options(state: &AppState, res: &mut Response<ResBody>) {
 }
 
 /// Entry point for every non-OPTIONS request under `/tus`.
-pub async fn handle(
-    state: &Arc<AppState>,
-    rest: &str,
-    req: Request<Incoming>,
-) -> Response<ResBody> {
+pub async fn handle(state: &Arc<AppState>, rest: &str, req: Request<ReqBody>) -> Response<ResBody> {
     let mut res = match handle_inner(state, rest, req).await {
         Ok(r) => r,
         Err(e) => {
@@ -131,7 +127,7 @@ pub async fn handle(
 async fn handle_inner(
     state: &Arc<AppState>,
     rest: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let h = req.headers();
@@ -219,7 +215,7 @@ async fn head(state: &Arc<AppState>, s: &Arc<Session>) -> Result<Response<ResBod
 async fn patch(
     state: &Arc<AppState>,
     s: &Arc<Session>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let h = req.headers();
@@ -295,7 +291,7 @@ async fn append_and_complete(
     state: &Arc<AppState>,
     s: &Arc<Session>,
     guard: &mut crate::upload::session::WriteGuard<'_>,
-    body: Incoming,
+    body: ReqBody,
     content_length: Option<u64>,
     remaining: u64,
     checksum: Option<AppendCheck>,
@@ -326,7 +322,7 @@ async fn append_and_complete(
 async fn create(
     state: &Arc<AppState>,
     rest: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let h = req.headers().clone();
@@ -459,7 +455,7 @@ async fn create_final(
     state: &Arc<AppState>,
     rest: &str,
     urls: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let mut parts = Vec::new();

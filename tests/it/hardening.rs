@@ -131,29 +131,43 @@ async fn v2_upload_is_served_with_the_signed_type_not_the_sent_one() {
 }
 
 #[tokio::test]
-async fn refusal_with_unread_body_says_connection_close() {
-    let s = TestServer::start().await;
-    // A tus PATCH to an unknown upload, its body still on the way: the 404 must not promise
-    // keep-alive, since the server will not read the rest of that body.
+async fn refused_body_is_drained_or_the_response_says_close() {
+    let s = TestServer::start_with(|c| c.server.drain_limit = bytesize::ByteSize::kib(64)).await;
+    let head = |len: usize| {
+        format!(
+            "PATCH /upload/tus/AAAAAAAAAAAAAAAAAAAAAA HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    // A tus PATCH to an unknown upload, its body still on the way. Within the drain limit
+    // the rest is read and discarded: the connection stays usable for the next request.
     let mut c = s.connect().await;
-    write(
-        &mut c,
-        b"PATCH /upload/tus/AAAAAAAAAAAAAAAAAAAAAA HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: 1000000\r\n\r\n0123456789",
-    )
-    .await;
-    let head = read_until(&mut c, "\r\n\r\n").await.to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 404"), "{head}");
-    assert!(head.contains("connection: close"), "{head}");
-    // A refused PUT whose small body is drained keeps the connection usable instead.
+    write(&mut c, head(50_000).as_bytes()).await;
+    write(&mut c, &[7u8; 10_000]).await;
+    let res = read_until(&mut c, "\r\n\r\n").await.to_ascii_lowercase();
+    assert!(res.starts_with("http/1.1 404"), "{res}");
+    assert!(!res.contains("connection: close"), "{res}");
+    write(&mut c, &[7u8; 40_000]).await;
+    write(&mut c, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let next = read_until(&mut c, "ok\n").await;
+    assert!(next.contains("HTTP/1.1 200"), "{next}");
+    // Over the drain limit the server will not read the rest, and says so: the 404 must not
+    // promise keep-alive.
+    let mut c = s.connect().await;
+    write(&mut c, head(1_000_000).as_bytes()).await;
+    write(&mut c, b"0123456789").await;
+    let res = read_until(&mut c, "\r\n\r\n").await.to_ascii_lowercase();
+    assert!(res.starts_with("http/1.1 404"), "{res}");
+    assert!(res.contains("connection: close"), "{res}");
+    // A refused PUT whose small body is drained keeps the connection usable too.
     let mut c = s.connect().await;
     write(
         &mut c,
         b"PUT /upload/k/x.txt?v=00 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
     )
     .await;
-    let head = read_until(&mut c, "\r\n\r\n").await.to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 403"), "{head}");
-    assert!(!head.contains("connection: close"), "{head}");
+    let res = read_until(&mut c, "\r\n\r\n").await.to_ascii_lowercase();
+    assert!(res.starts_with("http/1.1 403"), "{res}");
+    assert!(!res.contains("connection: close"), "{res}");
     write(&mut c, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let next = read_until(&mut c, "ok\n").await;
     assert!(next.contains("HTTP/1.1 200"), "{next}");
