@@ -40,6 +40,10 @@ pub enum ApiError {
     ClientGone,
     #[error("storage is full")]
     NoSpace,
+    #[error("{0}")]
+    InsufficientStorage(&'static str),
+    #[error("this uploader's daily upload quota is used up; retry in {retry_after} s")]
+    QuotaExceeded { retry_after: u64 },
     #[error("unknown upload session")]
     SessionNotFound,
     #[error("upload session has expired or was terminated")]
@@ -100,7 +104,10 @@ impl ApiError {
             ApiError::ShortBody { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::ClientGone => StatusCode::BAD_REQUEST,
-            ApiError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::NoSpace | ApiError::InsufficientStorage(_) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::SessionNotFound => StatusCode::NOT_FOUND,
             ApiError::SessionGone => StatusCode::GONE,
             ApiError::TooManySessions | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -135,6 +142,11 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 res.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::QuotaExceeded { retry_after } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                    res.headers_mut().insert(header::RETRY_AFTER, v);
+                }
             }
             // RFC 9530 §4: tell the client which algorithms would be checked.
             ApiError::Digest(_) | ApiError::DigestMismatch => {

@@ -16,6 +16,7 @@
 //! - [`catalog`]: one row per stored file (SQLite embedded), the source of truth for what is
 //!   published
 //! - [`metrics`]: the Prometheus registry owned by the state
+//! - [`ops`]: removal (expiry, quota, takedown), the expiry sweeper, caps and quotas
 //! - [`clock`]: injected time (session expiry), a manual clock for tests
 //! - [`error`], [`response`]: one exhaustive error → status mapping; response helpers
 
@@ -29,6 +30,7 @@ pub mod download;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod ops;
 pub mod response;
 pub mod router;
 pub mod server;

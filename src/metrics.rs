@@ -28,6 +28,14 @@ pub struct Metrics {
     /// timeout; `send_rate`: the client read the response too slowly).
     pub connections_closed: IntCounterVec,
     pub range_requests: IntCounterVec,
+    /// Stored files removed, by reason (expired, quota, admin, erasure, missing).
+    pub deletions: IntCounterVec,
+    /// Uploads refused before their body, by kind (cap, reserve, daily_quota, stored_quota).
+    pub refusals: IntCounterVec,
+    pub sweep_duration: prometheus::Histogram,
+    pub stored_files: IntGauge,
+    pub stored_bytes: IntGauge,
+    pub free_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -117,6 +125,36 @@ impl Metrics {
         for r in ["per_client", "first_bytes", "send_rate"] {
             connections_closed.with_label_values(&[r]);
         }
+        let deletions = IntCounterVec::new(
+            Opts::new("sluice_deletions_total", "Stored files removed, by reason"),
+            &["reason"],
+        )?;
+        for r in crate::catalog::DeleteReason::ALL {
+            deletions.with_label_values(&[r.as_str()]);
+        }
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "sluice_upload_refusals_total",
+                "Uploads refused for space or quota before their body was read, by kind",
+            ),
+            &["kind"],
+        )?;
+        for r in crate::ops::space::Refusal::ALL {
+            refusals.with_label_values(&[r.label()]);
+        }
+        let sweep_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_expiry_sweep_duration_seconds",
+                "Duration of expiry sweeps",
+            )
+            .buckets(vec![0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0]),
+        )?;
+        let stored_files = IntGauge::new("sluice_stored_files", "Live stored files")?;
+        let stored_bytes = IntGauge::new("sluice_stored_bytes", "Bytes of live stored files")?;
+        let free_bytes = IntGauge::new(
+            "sluice_storage_free_bytes",
+            "Free bytes on the storage filesystem",
+        )?;
         for r in ["full", "single", "multi", "unsatisfiable"] {
             range_requests.with_label_values(&[r]);
         }
@@ -130,6 +168,12 @@ impl Metrics {
         registry.register(Box::new(downloads_in_flight.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_closed.clone()))?;
+        registry.register(Box::new(deletions.clone()))?;
+        registry.register(Box::new(refusals.clone()))?;
+        registry.register(Box::new(sweep_duration.clone()))?;
+        registry.register(Box::new(stored_files.clone()))?;
+        registry.register(Box::new(stored_bytes.clone()))?;
+        registry.register(Box::new(free_bytes.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -143,6 +187,12 @@ impl Metrics {
             connections_open,
             connections_closed,
             range_requests,
+            deletions,
+            refusals,
+            sweep_duration,
+            stored_files,
+            stored_bytes,
+            free_bytes,
         })
     }
 

@@ -292,6 +292,11 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<ReqBody>) ->
     let result = match route {
         Route::Health => Ok(response::text(StatusCode::OK, "ok\n")),
         Route::Metrics => {
+            let m = &state.metrics;
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            m.stored_files.set(gauge(state.space.files()));
+            m.stored_bytes.set(gauge(state.space.stored()));
+            m.free_bytes.set(gauge(state.space.free()));
             let mut r = Response::new(response::full(state.metrics.encode()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

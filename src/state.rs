@@ -34,6 +34,10 @@ pub struct AppState {
     pub upload_rules: PathRules,
     /// Rules for downloads (shape only: a file stored before a list change stays reachable).
     pub download_rules: PathRules,
+    /// Time for expiry, quotas and caches (a manual clock in tests).
+    pub clock: crate::clock::SharedClock,
+    /// Storage cap, free-space reserve and quota accounting.
+    pub space: Arc<crate::ops::space::Space>,
 }
 
 impl AppState {
@@ -71,6 +75,15 @@ impl AppState {
             config.auth.modes.clone(),
             config.auth.clock_skew,
         );
+        let totals = storage
+            .catalog()
+            .stats(0)
+            .map_err(crate::storage::StorageError::from)?;
+        let space = Arc::new(crate::ops::space::Space::new(
+            &config,
+            totals.files,
+            totals.bytes,
+        ));
         let sessions = if config.resumable.enabled {
             Some(Arc::new(SessionStore::open(
                 storage.clone(),
@@ -79,6 +92,8 @@ impl AppState {
                 config.resumable.max_sessions,
                 &metrics.registry,
                 clock.clone(),
+                config.retention.clone(),
+                space.clone(),
             )?))
         } else {
             None
@@ -91,7 +106,7 @@ impl AppState {
         let hot = crate::download::cache::HotCache::new(
             usize::try_from(hot_bytes).unwrap_or(0),
             config.download.hot_cache_ttl,
-            clock,
+            clock.clone(),
         );
         Ok(Arc::new(Self {
             hot,
@@ -103,6 +118,8 @@ impl AppState {
             sessions,
             upload_rules,
             download_rules,
+            clock,
+            space,
         }))
     }
 }

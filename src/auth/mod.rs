@@ -37,6 +37,9 @@ pub struct Grant {
     /// JWT: the `filetype` claim). The file is stored and served with this type, never with
     /// an unsigned header that merely came along.
     pub content_type: Option<String>,
+    /// When the uploaded file should expire, if the grant says (the JWT `expires` claim of
+    /// newer Prosody versions).
+    pub file_expires: Option<u64>,
 }
 
 /// Why a grant was refused. `reason()` is a closed set used as a metric label.
@@ -182,6 +185,7 @@ impl Authorizer {
                 key_id: key.id.clone(),
                 uploader: None,
                 content_type: signed_types.and_then(|t| t.into_iter().nth(i)),
+                file_expires: None,
             }),
             None => Err(AuthError::BadMac),
         }
@@ -220,6 +224,7 @@ impl Authorizer {
             key_id: key.id.clone(),
             uploader: None,
             content_type: None,
+            file_expires: None,
         })
     }
 
@@ -246,6 +251,7 @@ impl Authorizer {
             key_id: key.id.clone(),
             uploader: claims.sub,
             content_type: claims.filetype,
+            file_expires: claims.expires,
         })
     }
 }

@@ -164,7 +164,8 @@ fn stats_and_usage(c: &dyn Catalog) {
         c.usage("dave@x", 1_500).unwrap(),
         Usage {
             stored_bytes: 150,
-            uploaded_since: 50
+            uploaded_since: 50,
+            first_since: Some(2_000)
         }
     );
     let oldest: Vec<_> = c
@@ -180,7 +181,8 @@ fn stats_and_usage(c: &dyn Catalog) {
         c.usage("dave@x", 1_500).unwrap(),
         Usage {
             stored_bytes: 100,
-            uploaded_since: 50
+            uploaded_since: 50,
+            first_since: Some(2_000)
         }
     );
     let after = c.stats(10).unwrap();

@@ -132,6 +132,8 @@ pub struct UploaderStats {
 pub struct Usage {
     pub stored_bytes: u64,
     pub uploaded_since: u64,
+    /// When the oldest upload counted in `uploaded_since` was made.
+    pub first_since: Option<u64>,
 }
 
 /// The catalog contract (see the module docs).

@@ -441,13 +441,15 @@ impl Catalog for SqliteCatalog {
             c.query_row(
                 "SELECT \
                    COALESCE(SUM(CASE WHEN deleted_at IS NULL THEN size ELSE 0 END), 0), \
-                   COALESCE(SUM(CASE WHEN created_at >= ?2 THEN size ELSE 0 END), 0) \
+                   COALESCE(SUM(CASE WHEN created_at >= ?2 THEN size ELSE 0 END), 0), \
+                   MIN(CASE WHEN created_at >= ?2 THEN created_at END) \
                  FROM files WHERE uploader = ?1",
                 params![uploader, to_i64(since)],
                 |r| {
                     Ok(Usage {
                         stored_bytes: to_u64(r.get(0)?),
                         uploaded_since: to_u64(r.get(1)?),
+                        first_since: r.get::<_, Option<i64>>(2)?.map(to_u64),
                     })
                 },
             )

@@ -76,6 +76,16 @@ impl HotCache {
         );
     }
 
+    /// Forget one file (it was removed).
+    pub fn remove(&self, key: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            let (map, bytes) = &mut *g;
+            if let Some(e) = map.remove(key) {
+                *bytes -= e.data.len();
+            }
+        }
+    }
+
     /// Drop everything (memory pressure).
     pub fn clear(&self) {
         if let Ok(mut g) = self.inner.lock() {

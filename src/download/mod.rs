@@ -160,6 +160,10 @@ pub async fn handle(
         }
     };
 
+    // An expired file is gone at once, before the sweeper gets to it (hot copies included).
+    if meta.expires_at.is_some_and(|t| t <= state.clock.now_secs()) {
+        return Err(ApiError::NotFound);
+    }
     let h = req.headers();
     let etag = conditional::format_etag(&meta.sha256);
     let (if_match, if_none_match) = (

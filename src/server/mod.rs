@@ -73,6 +73,11 @@ where
             stop.clone(),
         ));
     }
+    tracker.spawn(crate::ops::sweep_loop(
+        state.clone(),
+        state.config.retention.sweep_interval,
+        stop.clone(),
+    ));
     for listener in listeners {
         tracker.spawn(accept_loop(
             listener,

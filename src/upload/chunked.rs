@@ -98,14 +98,9 @@ async fn handle_inner(
         if total > max {
             return Err(ApiError::TooLarge { max });
         }
-        let grant = super::authorize_creation(
-            state,
-            &h,
-            req.uri().query(),
-            Some(&name),
-            Some(total),
-            None,
-        )?;
+        let grant =
+            super::authorize_creation(state, &h, req.uri().query(), Some(&name), Some(total), None)
+                .await?;
         // One unfinished upload per target: a repeated creation gets the same session back.
         if let Some(existing) = store.open_for_target(grant.target.as_str(), Protocol::Chunked) {
             let m = existing.meta();
@@ -136,6 +131,7 @@ async fn handle_inner(
                 partial: false,
                 chunk_size: Some(chunk_size),
                 uploader: grant.uploader,
+                file_expires: grant.file_expires,
             })
             .await?;
         let m = s.meta();

@@ -626,7 +626,8 @@ async fn create(
         Some(decoded.as_ref()),
         length,
         None,
-    )?;
+    )
+    .await?;
     if let (Some(g), Some(l)) = (grant.grant_size, length) {
         if g != l {
             return Err(ApiError::BadRequest("Upload-Length does not match the grant").into());
@@ -660,6 +661,7 @@ async fn create(
             partial: false,
             chunk_size: None,
             uploader: grant.uploader,
+            file_expires: grant.file_expires,
         })
         .await?;
     let client = crate::router::client_of(state, &req);

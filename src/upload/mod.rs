@@ -8,6 +8,7 @@ pub mod put;
 pub mod session;
 pub mod tus;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderMap};
@@ -49,9 +50,47 @@ pub struct CreationGrant {
     /// The size the grant binds (the final length must equal it), if it binds one.
     pub grant_size: Option<u64>,
     pub uploader: Option<String>,
+    /// The grant's own expiry for the file (JWT `expires`).
+    pub file_expires: Option<u64>,
 }
 
-pub fn authorize_creation(
+/// Who uploads under `grant` to `path`: the grant's uploader (JWT `sub`), else the first path
+/// segment for the grant modes configured as naming one (ejabberd's hash of the JID).
+pub fn uploader_of(
+    state: &AppState,
+    grant: &crate::auth::Grant,
+    path: &StoredPath,
+) -> Option<String> {
+    grant.uploader.clone().or_else(|| {
+        let (first, rest) = path.as_str().split_once('/')?;
+        (!rest.is_empty()
+            && state
+                .config
+                .quota
+                .uploader_from_first_segment
+                .contains(&grant.mode))
+        .then(|| first.to_owned())
+    })
+}
+
+/// Authorise a session creation (see [`CreationGrant`]) and decide, from the length it names,
+/// whether it fits the storage cap and the uploader's quotas (507 / 429 before any data).
+pub async fn authorize_creation(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    target: Option<&str>,
+    signed_len: Option<u64>,
+    file_name_hint: Option<&str>,
+) -> Result<CreationGrant, ApiError> {
+    let grant = creation_grant(state, headers, query, target, signed_len, file_name_hint)?;
+    if let Some(len) = signed_len.or(grant.grant_size) {
+        drop(crate::ops::space::admit(state, grant.uploader.as_deref(), len).await?);
+    }
+    Ok(grant)
+}
+
+fn creation_grant(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -74,6 +113,7 @@ pub fn authorize_creation(
             target,
             grant_size: None,
             uploader: None,
+            file_expires: None,
         });
     };
     let target = target_path(state, target)?;
@@ -95,7 +135,7 @@ pub fn authorize_creation(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
         authorization: auth,
-        now: SystemTime::now(),
+        now: UNIX_EPOCH + state.clock.since_epoch(),
     })?;
     let grant_size = match grant.mode {
         AuthMode::V3 => None,
@@ -105,10 +145,12 @@ pub fn authorize_creation(
             ))?)
         }
     };
+    let uploader = uploader_of(state, &grant, &target);
     Ok(CreationGrant {
         target,
         grant_size,
-        uploader: grant.uploader,
+        uploader,
+        file_expires: grant.file_expires,
     })
 }
 

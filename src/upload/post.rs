@@ -40,7 +40,8 @@ pub async fn handle(
         Some(raw_path),
         None,
         None,
-    )?;
+    )
+    .await?;
     let target = grant.target;
     let exact = grant.grant_size;
     if exact.is_some_and(|n| n > max) {
@@ -103,18 +104,23 @@ pub async fn handle(
     state.metrics.upload_bytes.inc_by(size);
     let sha256 = hex::encode(sha2::Digest::finalize(sink.hasher));
     staged.put_file(sink.file);
+    let now = state.clock.now_secs();
     let meta = FileMeta {
         size,
         sha256: sha256.clone(),
         content_type: content_type.clone(),
-        uploaded_at: super::unix_now(),
+        uploaded_at: now,
+        expires_at: state
+            .config
+            .retention
+            .expires_at(target.as_str(), now, grant.file_expires),
         uploader: grant.uploader,
-        expires_at: None,
     };
     let p2 = target.clone();
     tokio::task::spawn_blocking(move || storage.commit(staged, &p2, &meta))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
+    state.space.added(size);
     state.metrics.uploads.with_label_values(&["created"]).inc();
     let url = super::file_url(state, &target);
     let json = serde_json::json!({

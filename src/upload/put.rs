@@ -61,6 +61,9 @@ struct Prepared {
     content_type: String,
     /// RFC 9530 claims about the body (checked before anything is published).
     digests: Vec<crate::digest::Claim>,
+    uploader: Option<String>,
+    /// The bytes admitted against the storage cap and the uploader's quotas.
+    reservation: crate::ops::space::Reservation,
 }
 
 fn declared_len(parts: &http::request::Parts) -> Result<Option<u64>, ApiError> {
@@ -86,7 +89,7 @@ fn header_str(parts: &http::request::Parts, name: header::HeaderName) -> Option<
 
 /// Every check that needs no body: length, path rules, grant, conflict.
 async fn prepare(
-    state: &AppState,
+    state: &Arc<AppState>,
     raw_path: &str,
     parts: &http::request::Parts,
 ) -> Result<Prepared, ApiError> {
@@ -115,8 +118,10 @@ async fn prepare(
         content_length: len,
         content_type: header_str(parts, header::CONTENT_TYPE),
         authorization: header_str(parts, header::AUTHORIZATION),
-        now: std::time::SystemTime::now(),
+        now: std::time::UNIX_EPOCH + state.clock.since_epoch(),
     })?;
+    let uploader = super::uploader_of(state, &grant, &path);
+    let reservation = crate::ops::space::admit(state, uploader.as_deref(), len).await?;
     // Early conflict check (the commit re-checks atomically) and staging, in one hop.
     let (storage, p2) = (state.storage.clone(), path.clone());
     let staged = tokio::task::spawn_blocking(move || {
@@ -134,6 +139,8 @@ async fn prepare(
         grant,
         content_type,
         digests,
+        uploader,
+        reservation,
     })
 }
 
@@ -183,18 +190,24 @@ async fn receive_and_commit(
     }
     let sha256 = hex::encode(sha256);
     staged.put_file(sink.file);
+    let now = state.clock.now_secs();
     let meta = FileMeta {
         size: len,
         sha256: sha256.clone(),
         content_type: prep.content_type,
-        uploaded_at: super::unix_now(),
-        uploader: prep.grant.uploader,
-        expires_at: None,
+        uploaded_at: now,
+        expires_at: state.config.retention.expires_at(
+            prep.path.as_str(),
+            now,
+            prep.grant.file_expires,
+        ),
+        uploader: prep.uploader,
     };
     let path = prep.path;
     tokio::task::spawn_blocking(move || storage.commit(staged, &path, &meta))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
+    prep.reservation.published();
     tracing::info!(
         bytes = len,
         mode = crate::auth::mode_name(prep.grant.mode),

@@ -75,6 +75,9 @@ pub struct SessionMeta {
     pub chunks: Vec<bool>,
     #[serde(default)]
     pub uploader: Option<String>,
+    /// The grant's expiry for the published file (JWT `expires`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_expires: Option<u64>,
     pub created_at: u64,
     pub expires_at: u64,
     /// Published (or, for partial uploads, fully received).
@@ -205,6 +208,8 @@ pub struct NewSession {
     pub partial: bool,
     pub chunk_size: Option<u64>,
     pub uploader: Option<String>,
+    /// The grant's expiry for the published file (JWT `expires`).
+    pub file_expires: Option<u64>,
 }
 
 /// A digest one append must match, or the append is discarded (nothing of it is kept).
@@ -236,6 +241,10 @@ pub struct SessionStore {
     pub metrics: SessionMetrics,
     /// Expiry time comes from here (a manual clock in tests).
     clock: crate::clock::SharedClock,
+    /// When published files expire.
+    retention: crate::config::RetentionConfig,
+    /// Published bytes are accounted here.
+    space: Arc<crate::ops::space::Space>,
 }
 
 const TOMBSTONES_MAX: usize = 10_000;
@@ -276,6 +285,8 @@ impl SessionStore {
         max: usize,
         registry: &Registry,
         clock: crate::clock::SharedClock,
+        retention: crate::config::RetentionConfig,
+        space: Arc<crate::ops::space::Space>,
     ) -> Result<Self, ApiError> {
         let dir = storage.staging_dir().join("sessions");
         fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(format!("sessions dir: {e}")))?;
@@ -296,6 +307,8 @@ impl SessionStore {
             metrics: SessionMetrics::register(registry)
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
             clock,
+            retention,
+            space,
         };
         store
             .reload()
@@ -483,6 +496,7 @@ impl SessionStore {
             chunk_size: n.chunk_size,
             chunks,
             uploader: n.uploader,
+            file_expires: n.file_expires,
             created_at: now,
             expires_at: now + self.ttl.as_secs(),
             completed: false,
@@ -911,13 +925,14 @@ impl SessionStore {
         if let Some(target) = m.target.clone().filter(|_| !m.partial) {
             let path = StoredPath::parse(&target, &crate::storage::PathRules::default())
                 .map_err(ApiError::from)?;
+            let now = self.now();
             let file_meta = FileMeta {
                 size: len,
                 sha256: sha,
                 content_type: m.content_type.clone(),
-                uploaded_at: self.now(),
+                uploaded_at: now,
                 uploader: m.uploader.clone(),
-                expires_at: None,
+                expires_at: self.retention.expires_at(&target, now, m.file_expires),
             };
             let (storage, data) = (self.storage.clone(), self.data_path(&s.id));
             let res = tokio::task::spawn_blocking(move || {
@@ -937,6 +952,7 @@ impl SessionStore {
                 }
                 return Err(e);
             }
+            self.space.added(len);
         }
         self.record(None, m.clone()).await?;
         if let Ok(mut cur) = s.meta.lock() {

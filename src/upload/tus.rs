@@ -367,7 +367,8 @@ async fn create(
         Some(decoded.as_ref()),
         length,
         filename.as_deref(),
-    )?;
+    )
+    .await?;
     if let (Some(g), Some(l)) = (grant.grant_size, length) {
         if g != l {
             return Err(ApiError::BadRequest(
@@ -411,6 +412,7 @@ async fn create(
             partial,
             chunk_size: None,
             uploader: grant.uploader,
+            file_expires: grant.file_expires,
         })
         .await?;
     let mut r = Response::new(empty());
@@ -498,7 +500,8 @@ async fn create_final(
         Some(decoded.as_ref()),
         Some(total),
         meta_value(&pairs, &["filename", "name"]).as_deref(),
-    )?;
+    )
+    .await?;
     let content_type = stored_type(&pairs, &grant.target);
     let session = store
         .create(NewSession {
@@ -511,6 +514,7 @@ async fn create_final(
             partial: false,
             chunk_size: None,
             uploader: grant.uploader,
+            file_expires: grant.file_expires,
         })
         .await?;
     let paths = parts.iter().map(|p| store.data_of(&p.id)).collect();

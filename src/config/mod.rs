@@ -14,6 +14,9 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+mod ops;
+pub use ops::{AdminConfig, AuditConfig, QuotaAction, QuotaConfig, RetentionConfig, RetentionRule};
+
 /// The embedded default configuration, used when `--config` is not given.
 pub const EMBEDDED_DEFAULT: &str = r#"
 [server]
@@ -50,6 +53,10 @@ pub struct Config {
     pub cors: CorsConfig,
     pub engine: EngineConfig,
     pub resumable: ResumableConfig,
+    pub retention: RetentionConfig,
+    pub quota: QuotaConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
 }
 
 /// `[server]`: listeners, timeouts and limits of the HTTP layer.
@@ -149,6 +156,12 @@ pub struct StorageConfig {
     pub allowed_extensions: Vec<String>,
     /// Extensions always refused (case-insensitive, without dot).
     pub denied_extensions: Vec<String>,
+    /// Cap on the bytes of all stored files together (uploads in flight count against it).
+    /// An upload that would cross it gets 507 before its body is read. 0 = no cap.
+    pub max_total_size: ByteSize,
+    /// Free space to leave on the storage filesystem: an upload that would eat into it gets
+    /// 507 before its body is read.
+    pub min_free_space: ByteSize,
 }
 
 impl Default for StorageConfig {
@@ -161,6 +174,8 @@ impl Default for StorageConfig {
             max_path_bytes: 1024,
             allowed_extensions: Vec::new(),
             denied_extensions: Vec::new(),
+            max_total_size: ByteSize::b(0),
+            min_free_space: ByteSize::mib(100),
         }
     }
 }
@@ -553,6 +568,25 @@ impl Config {
         if self.resumable.max_sessions == 0 || self.resumable.sweep_interval.is_zero() {
             return bad("resumable: max_sessions and sweep_interval must be positive".into());
         }
+        if self.retention.sweep_batch == 0 || self.retention.sweep_interval.is_zero() {
+            return bad("retention: sweep_batch and sweep_interval must be positive".into());
+        }
+        if self.retention.rules.iter().any(|r| r.prefix.is_empty()) {
+            return bad("retention.rules: every rule needs a non-empty prefix".into());
+        }
+        if self.audit.ipv4_prefix > 32 || self.audit.ipv6_prefix > 128 {
+            return bad("audit: ipv4_prefix is at most 32, ipv6_prefix at most 128".into());
+        }
+        if self.admin.listen.is_some() != self.admin.token.is_some() {
+            return bad("admin: listen and token go together (the admin API needs both)".into());
+        }
+        if self
+            .admin
+            .listen
+            .is_some_and(|a| self.server.listen.contains(&a))
+        {
+            return bad("admin.listen must differ from every server.listen address".into());
+        }
         if self.download.max_ranges == 0 {
             return bad("download.max_ranges must be at least 1".into());
         }
@@ -728,7 +762,7 @@ mod tests {
 
     #[test]
     fn template_parses_and_every_key_is_real() {
-        let text = include_str!("../templates/config-adaptive.toml");
+        let text = include_str!("../../templates/config-adaptive.toml");
         let c = Config::from_toml(text).unwrap();
         assert!(!c.server.listen.is_empty());
         // Every key present in the template must survive a round trip: deny_unknown_fields
@@ -759,7 +793,7 @@ mod tests {
     #[test]
     fn template_documents_every_key_of_the_config() {
         let template: toml::Value =
-            toml::from_str(include_str!("../templates/config-adaptive.toml")).unwrap();
+            toml::from_str(include_str!("../../templates/config-adaptive.toml")).unwrap();
         let defaults: toml::Value =
             toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
         let (mut a, mut b) = (Default::default(), Default::default());

@@ -1,0 +1,111 @@
+//! Operator features over the catalog: removing files (expiry, quota eviction, takedown,
+//! erasure), the expiry sweeper, the storage caps and per-uploader quotas.
+//!
+//! Every removal goes through [`remove_file`], so the catalog, the caches, the metrics and the
+//! space accounting stay in step: a removed file is never served again, not even from the hot
+//! cache. Must not: parse requests (handlers pass what they decided).
+
+pub mod space;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{DeleteReason, FileRow};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::storage::{PathRules, StoredPath};
+
+/// Remove a stored file for `reason` (see [`crate::storage::FsStorage::remove`]). A takedown
+/// of a path with no file still blocks the path. Returns the removed row.
+pub async fn remove_file(
+    state: &Arc<AppState>,
+    path: &str,
+    reason: DeleteReason,
+) -> Result<Option<FileRow>, ApiError> {
+    let p = StoredPath::parse(path, &PathRules::default())?;
+    let now = state.clock.now_secs();
+    let storage = state.storage.clone();
+    let p2 = p.clone();
+    // The hot cache forgets the file before and after the row changes, so no GET that starts
+    // after this call serves it.
+    state.hot.remove(p.as_str());
+    let row = tokio::task::spawn_blocking(move || storage.remove(&p2, reason, now))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    state.hot.remove(p.as_str());
+    if let Some(r) = &row {
+        state.space.released(r.meta.size);
+        state
+            .metrics
+            .deletions
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        tracing::info!(
+            reason = reason.as_str(),
+            bytes = r.meta.size,
+            "file removed"
+        );
+    }
+    Ok(row)
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct SweepReport {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Delete every file expired at the clock's now, in batches of `retention.sweep_batch`.
+/// Only catalogued files are candidates, so a file being published (no row yet) is never
+/// touched.
+pub async fn sweep(state: &Arc<AppState>) -> Result<SweepReport, ApiError> {
+    let started = Instant::now();
+    let mut report = SweepReport::default();
+    let batch = state.config.retention.sweep_batch;
+    loop {
+        let now = state.clock.now_secs();
+        let storage = state.storage.clone();
+        let rows = tokio::task::spawn_blocking(move || storage.catalog().expired(now, batch))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(crate::storage::StorageError::from)?;
+        let n = rows.len();
+        for r in rows {
+            if remove_file(state, &r.path, DeleteReason::Expired)
+                .await?
+                .is_some()
+            {
+                report.files += 1;
+                report.bytes += r.meta.size;
+            }
+        }
+        if n < batch {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    state
+        .metrics
+        .sweep_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+/// The expiry sweeper: a sweep every `retention.sweep_interval` until `stop`.
+pub async fn sweep_loop(state: Arc<AppState>, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {
+                match sweep(&state).await {
+                    Ok(r) if r.files > 0 => tracing::info!(files = r.files, bytes = r.bytes, "swept expired files"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Space admission: the global byte cap, the free-space reserve and per-uploader quotas,
+//! decided from the declared length before a body is read. An admitted upload holds a
+//! [`Reservation`] until it is published (its bytes then count as stored) or fails (the
+//! reservation is returned on drop), so concurrent uploads cannot together cross a limit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::catalog::DeleteReason;
+use crate::config::{Config, QuotaAction};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Rolling window of the daily quota.
+const DAY: u64 = 24 * 3600;
+
+/// Byte accounting shared by every upload.
+pub struct Space {
+    root: PathBuf,
+    max_total: u64,
+    min_free: u64,
+    /// Bytes and count of live stored files.
+    stored: AtomicU64,
+    files: AtomicU64,
+    /// Admitted and not yet published or released: (total, per uploader).
+    reserved: Mutex<(u64, HashMap<String, u64>)>,
+}
+
+/// Bytes held for one upload in flight.
+pub struct Reservation {
+    space: Arc<Space>,
+    bytes: u64,
+    uploader: Option<String>,
+}
+
+impl Reservation {
+    /// The upload was published: its bytes now count as stored.
+    pub fn published(self) {
+        self.space.added(self.bytes);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.space.reserved.lock() {
+            r.0 = r.0.saturating_sub(self.bytes);
+            if let Some(u) = &self.uploader {
+                if let Some(n) = r.1.get_mut(u) {
+                    *n = n.saturating_sub(self.bytes);
+                    if *n == 0 {
+                        r.1.remove(u);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Space {
+    pub fn new(config: &Config, files: u64, stored: u64) -> Self {
+        Self {
+            root: config.storage.dir.clone(),
+            max_total: config.storage.max_total_size.as_u64(),
+            min_free: config.storage.min_free_space.as_u64(),
+            stored: AtomicU64::new(stored),
+            files: AtomicU64::new(files),
+            reserved: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Bytes of live stored files.
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Acquire)
+    }
+
+    /// Live stored files.
+    pub fn files(&self) -> u64 {
+        self.files.load(Ordering::Acquire)
+    }
+
+    /// Free bytes on the storage filesystem.
+    pub fn free(&self) -> u64 {
+        fs4::available_space(&self.root).unwrap_or(0)
+    }
+
+    /// A file of `bytes` was published without a reservation (a resumable upload, admitted
+    /// when its session was created).
+    pub fn added(&self, bytes: u64) {
+        self.stored.fetch_add(bytes, Ordering::AcqRel);
+        self.files.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A stored file of `bytes` was removed.
+    pub fn released(&self, bytes: u64) {
+        for (counter, by) in [(&self.stored, bytes), (&self.files, 1)] {
+            let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(s.saturating_sub(by))
+            });
+        }
+    }
+
+    /// Bytes an uploader has admitted but not yet published.
+    fn in_flight(&self, uploader: &str) -> u64 {
+        self.reserved
+            .lock()
+            .map(|r| r.1.get(uploader).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Hold `bytes` against the cap and the free-space reserve (blocking: reads the
+    /// filesystem's free space).
+    fn reserve(
+        self: &Arc<Self>,
+        bytes: u64,
+        uploader: Option<&str>,
+    ) -> Result<Reservation, Refusal> {
+        let free = fs4::available_space(&self.root).unwrap_or(u64::MAX);
+        let mut r = self.reserved.lock().map_err(|_| Refusal::Cap)?;
+        if self.max_total > 0 && self.stored() + r.0 + bytes > self.max_total {
+            return Err(Refusal::Cap);
+        }
+        if self.min_free > 0 && free.saturating_sub(r.0) < bytes.saturating_add(self.min_free) {
+            return Err(Refusal::Reserve);
+        }
+        r.0 += bytes;
+        if let Some(u) = uploader {
+            *r.1.entry(u.to_owned()).or_insert(0) += bytes;
+        }
+        Ok(Reservation {
+            space: self.clone(),
+            bytes,
+            uploader: uploader.map(str::to_owned),
+        })
+    }
+}
+
+/// Why an upload is not admitted (a metric label each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Cap,
+    Reserve,
+    DailyQuota,
+    StoredQuota,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Cap => "cap",
+            Refusal::Reserve => "reserve",
+            Refusal::DailyQuota => "daily_quota",
+            Refusal::StoredQuota => "stored_quota",
+        }
+    }
+
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Cap,
+        Refusal::Reserve,
+        Refusal::DailyQuota,
+        Refusal::StoredQuota,
+    ];
+}
+
+/// Admit an upload of `bytes` by `uploader`: per-uploader quotas first (evicting the
+/// uploader's oldest files when configured), then the global cap and free-space reserve.
+pub async fn admit(
+    state: &Arc<AppState>,
+    uploader: Option<&str>,
+    bytes: u64,
+) -> Result<Reservation, ApiError> {
+    if let Some(u) = uploader {
+        check_quota(state, u, bytes).await?;
+    }
+    let space = state.space.clone();
+    let u = uploader.map(str::to_owned);
+    let r = tokio::task::spawn_blocking(move || space.reserve(bytes, u.as_deref()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    r.map_err(|refusal| refused(state, refusal, None))
+}
+
+fn refused(state: &AppState, r: Refusal, retry_after: Option<u64>) -> ApiError {
+    state.metrics.refusals.with_label_values(&[r.label()]).inc();
+    match r {
+        Refusal::Cap => ApiError::InsufficientStorage("the server's storage cap is reached"),
+        Refusal::Reserve => ApiError::InsufficientStorage("the server's disk is nearly full"),
+        Refusal::StoredQuota => {
+            ApiError::InsufficientStorage("this uploader's storage quota is used up")
+        }
+        Refusal::DailyQuota => ApiError::QuotaExceeded {
+            retry_after: retry_after.unwrap_or(DAY),
+        },
+    }
+}
+
+async fn check_quota(state: &Arc<AppState>, uploader: &str, bytes: u64) -> Result<(), ApiError> {
+    let q = &state.config.quota;
+    let (daily, stored_max) = (q.daily.as_u64(), q.stored.as_u64());
+    if daily == 0 && stored_max == 0 {
+        return Ok(());
+    }
+    for _ in 0..1000 {
+        let now = state.clock.now_secs();
+        let storage = state.storage.clone();
+        let u = uploader.to_owned();
+        let usage = tokio::task::spawn_blocking(move || {
+            storage.catalog().usage(&u, now.saturating_sub(DAY))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(crate::storage::StorageError::from)?;
+        let in_flight = state.space.in_flight(uploader);
+        if daily > 0 && usage.uploaded_since + in_flight + bytes > daily {
+            // Room comes back when the oldest upload of the window leaves it.
+            let retry = usage
+                .first_since
+                .map_or(DAY, |t| (t + DAY).saturating_sub(now).max(1));
+            return Err(refused(state, Refusal::DailyQuota, Some(retry)));
+        }
+        if stored_max == 0 || usage.stored_bytes + in_flight + bytes <= stored_max {
+            return Ok(());
+        }
+        if q.on_stored_exceeded == QuotaAction::Refuse || bytes + in_flight > stored_max {
+            return Err(refused(state, Refusal::StoredQuota, None));
+        }
+        // Evict this uploader's oldest stored file and look again. The upload being admitted
+        // is not stored yet, so it can never be the one evicted.
+        let storage = state.storage.clone();
+        let u = uploader.to_owned();
+        let oldest = tokio::task::spawn_blocking(move || storage.catalog().oldest_of(&u, 1))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(crate::storage::StorageError::from)?;
+        let Some(victim) = oldest.into_iter().next() else {
+            return Err(refused(state, Refusal::StoredQuota, None));
+        };
+        super::remove_file(state, &victim.path, DeleteReason::Quota).await?;
+    }
+    Err(refused(state, Refusal::StoredQuota, None))
+}
