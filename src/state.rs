@@ -87,12 +87,9 @@ impl AppState {
         let sessions = if config.resumable.enabled {
             Some(Arc::new(SessionStore::open(
                 storage.clone(),
-                config.storage.durability,
-                config.resumable.session_ttl,
-                config.resumable.max_sessions,
+                &config,
                 &metrics.registry,
                 clock.clone(),
-                config.retention.clone(),
                 space.clone(),
             )?))
         } else {

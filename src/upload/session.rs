@@ -280,14 +280,14 @@ impl SessionStore {
     /// offset; removing orphans).
     pub fn open(
         storage: FsStorage,
-        durability: Durability,
-        ttl: Duration,
-        max: usize,
+        config: &crate::config::Config,
         registry: &Registry,
         clock: crate::clock::SharedClock,
-        retention: crate::config::RetentionConfig,
         space: Arc<crate::ops::space::Space>,
     ) -> Result<Self, ApiError> {
+        let durability = config.storage.durability;
+        let (ttl, max) = (config.resumable.session_ttl, config.resumable.max_sessions);
+        let retention = config.retention.clone();
         let dir = storage.staging_dir().join("sessions");
         fs::create_dir_all(&dir).map_err(|e| ApiError::Internal(format!("sessions dir: {e}")))?;
         if durability == Durability::Fsync {
