@@ -206,7 +206,9 @@ async fn check_quota(state: &Arc<AppState>, uploader: &str, bytes: u64) -> Resul
         let storage = state.storage.clone();
         let u = uploader.to_owned();
         let usage = tokio::task::spawn_blocking(move || {
-            storage.catalog().usage(&u, now.saturating_sub(DAY))
+            // The window holds uploads of the last 24 hours: one made exactly a day ago has
+            // just left it.
+            storage.catalog().usage(&u, now.saturating_sub(DAY) + 1)
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

@@ -9,6 +9,7 @@ mod download;
 mod engine;
 mod hardening;
 mod ietf;
+mod ops;
 mod put;
 mod resumable;
 mod server;
