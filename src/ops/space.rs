@@ -109,20 +109,32 @@ impl Space {
             .unwrap_or(0)
     }
 
-    /// Hold `bytes` against the cap and the free-space reserve (blocking: reads the
-    /// filesystem's free space).
+    /// Hold `bytes` against the cap, the free-space reserve and the uploader's quotas
+    /// (blocking: reads the filesystem's free space). The uploader's bytes in flight are read
+    /// under the same lock that records this reservation, so concurrent uploads of one
+    /// uploader cannot together pass a quota.
     fn reserve(
         self: &Arc<Self>,
         bytes: u64,
         uploader: Option<&str>,
-    ) -> Result<Reservation, Refusal> {
+        quota: Option<QuotaCheck>,
+    ) -> Result<Reservation, (Refusal, Option<u64>)> {
         let free = fs4::available_space(&self.root).unwrap_or(u64::MAX);
-        let mut r = self.reserved.lock().map_err(|_| Refusal::Cap)?;
+        let mut r = self.reserved.lock().map_err(|_| (Refusal::Cap, None))?;
+        if let (Some(u), Some(q)) = (uploader, quota) {
+            let in_flight = r.1.get(u).copied().unwrap_or(0);
+            if q.daily > 0 && q.uploaded + in_flight + bytes > q.daily {
+                return Err((Refusal::DailyQuota, Some(q.retry_after)));
+            }
+            if q.stored_max > 0 && q.stored + in_flight + bytes > q.stored_max {
+                return Err((Refusal::StoredQuota, None));
+            }
+        }
         if self.max_total > 0 && self.stored() + r.0 + bytes > self.max_total {
-            return Err(Refusal::Cap);
+            return Err((Refusal::Cap, None));
         }
         if self.min_free > 0 && free.saturating_sub(r.0) < bytes.saturating_add(self.min_free) {
-            return Err(Refusal::Reserve);
+            return Err((Refusal::Reserve, None));
         }
         r.0 += bytes;
         if let Some(u) = uploader {
@@ -134,6 +146,18 @@ impl Space {
             uploader: uploader.map(str::to_owned),
         })
     }
+}
+
+/// An uploader's figures from the catalog, checked when the reservation is taken.
+#[derive(Debug, Clone, Copy)]
+struct QuotaCheck {
+    /// Bytes uploaded in the window, and stored now (in-flight uploads not included).
+    uploaded: u64,
+    stored: u64,
+    daily: u64,
+    stored_max: u64,
+    /// Seconds until the oldest upload of the window leaves it.
+    retry_after: u64,
 }
 
 /// Why an upload is not admitted (a metric label each).
@@ -163,22 +187,23 @@ impl Refusal {
     ];
 }
 
-/// Admit an upload of `bytes` by `uploader`: per-uploader quotas first (evicting the
-/// uploader's oldest files when configured), then the global cap and free-space reserve.
+/// Admit an upload of `bytes` by `uploader`: per-uploader quotas (evicting the uploader's
+/// oldest files first when configured), the global cap and the free-space reserve.
 pub async fn admit(
     state: &Arc<AppState>,
     uploader: Option<&str>,
     bytes: u64,
 ) -> Result<Reservation, ApiError> {
-    if let Some(u) = uploader {
-        check_quota(state, u, bytes).await?;
-    }
+    let quota = match uploader {
+        Some(u) => quota_figures(state, u, bytes).await?,
+        None => None,
+    };
     let space = state.space.clone();
     let u = uploader.map(str::to_owned);
-    let r = tokio::task::spawn_blocking(move || space.reserve(bytes, u.as_deref()))
+    let r = tokio::task::spawn_blocking(move || space.reserve(bytes, u.as_deref(), quota))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    r.map_err(|refusal| refused(state, refusal, None))
+    r.map_err(|(refusal, retry)| refused(state, refusal, retry))
 }
 
 fn refused(state: &AppState, r: Refusal, retry_after: Option<u64>) -> ApiError {
@@ -195,13 +220,19 @@ fn refused(state: &AppState, r: Refusal, retry_after: Option<u64>) -> ApiError {
     }
 }
 
-async fn check_quota(state: &Arc<AppState>, uploader: &str, bytes: u64) -> Result<(), ApiError> {
+/// The uploader's catalog figures for the quota check, after evicting its oldest files when
+/// the upload would not fit its stored quota and eviction is configured. `None`: no quota.
+async fn quota_figures(
+    state: &Arc<AppState>,
+    uploader: &str,
+    bytes: u64,
+) -> Result<Option<QuotaCheck>, ApiError> {
     let q = &state.config.quota;
     let (daily, stored_max) = (q.daily.as_u64(), q.stored.as_u64());
     if daily == 0 && stored_max == 0 {
-        return Ok(());
+        return Ok(None);
     }
-    for _ in 0..1000 {
+    loop {
         let now = state.clock.now_secs();
         let storage = state.storage.clone();
         let u = uploader.to_owned();
@@ -213,19 +244,24 @@ async fn check_quota(state: &Arc<AppState>, uploader: &str, bytes: u64) -> Resul
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(crate::storage::StorageError::from)?;
-        let in_flight = state.space.in_flight(uploader);
-        if daily > 0 && usage.uploaded_since + in_flight + bytes > daily {
-            // Room comes back when the oldest upload of the window leaves it.
-            let retry = usage
+        let figures = QuotaCheck {
+            uploaded: usage.uploaded_since,
+            stored: usage.stored_bytes,
+            daily,
+            stored_max,
+            retry_after: usage
                 .first_since
-                .map_or(DAY, |t| (t + DAY).saturating_sub(now).max(1));
-            return Err(refused(state, Refusal::DailyQuota, Some(retry)));
-        }
-        if stored_max == 0 || usage.stored_bytes + in_flight + bytes <= stored_max {
-            return Ok(());
-        }
-        if q.on_stored_exceeded == QuotaAction::Refuse || bytes + in_flight > stored_max {
-            return Err(refused(state, Refusal::StoredQuota, None));
+                .map_or(DAY, |t| (t + DAY).saturating_sub(now).max(1)),
+        };
+        let in_flight = state.space.in_flight(uploader);
+        let fits = stored_max == 0 || usage.stored_bytes + in_flight + bytes <= stored_max;
+        let daily_ok = daily == 0 || usage.uploaded_since + in_flight + bytes <= daily;
+        if fits
+            || !daily_ok
+            || q.on_stored_exceeded == QuotaAction::Refuse
+            || bytes + in_flight > stored_max
+        {
+            return Ok(Some(figures));
         }
         // Evict this uploader's oldest stored file and look again. The upload being admitted
         // is not stored yet, so it can never be the one evicted.
@@ -236,9 +272,8 @@ async fn check_quota(state: &Arc<AppState>, uploader: &str, bytes: u64) -> Resul
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(crate::storage::StorageError::from)?;
         let Some(victim) = oldest.into_iter().next() else {
-            return Err(refused(state, Refusal::StoredQuota, None));
+            return Ok(Some(figures));
         };
         super::remove_file(state, &victim.path, DeleteReason::Quota).await?;
     }
-    Err(refused(state, Refusal::StoredQuota, None))
 }

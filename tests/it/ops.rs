@@ -327,3 +327,33 @@ async fn restart_keeps_catalog_totals_and_expiry() {
     assert!(row.row.meta.expires_at.is_some());
     assert_eq!(s.get_bytes("rs/a.bin").await.1, data(1_000, 1));
 }
+
+#[tokio::test]
+async fn uploads_in_flight_count_against_the_quota() {
+    let s = TestServer::start_with(|c| c.quota.daily = bytesize::ByteSize::kib(10)).await;
+    let body = data(6_000, 7);
+    let tok = slot_jwt(s.clock.now_secs(), "erin@x", "f1", "a.bin", 6_000, None);
+    // The first upload is admitted and still sending its body...
+    let mut c = s.connect().await;
+    write(
+        &mut c,
+        format!(
+            "PUT /upload/f1/a.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nContent-Length: 6000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    write(&mut c, &body[..1_000]).await;
+    for _ in 0..200 {
+        if s.metric("sluice_uploads_in_flight").await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...so a second one of the same uploader does not fit the window.
+    let r = put_as(&s, "erin@x", "f2", "b.bin", 6_000, None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    write(&mut c, &body[1_000..]).await;
+    let res = read_until(&mut c, "\r\n\r\n").await;
+    assert!(res.starts_with("HTTP/1.1 201"), "{res}");
+}
