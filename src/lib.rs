@@ -17,9 +17,12 @@
 //!   published
 //! - [`metrics`]: the Prometheus registry owned by the state
 //! - [`ops`]: removal (expiry, quota, takedown), the expiry sweeper, caps and quotas
+//! - [`admin`]: the admin API on its own listener (list, stats, takedown, erasure, sweep), the
+//!   audit log, and the `sluice admin` client
 //! - [`clock`]: injected time (session expiry), a manual clock for tests
 //! - [`error`], [`response`]: one exhaustive error → status mapping; response helpers
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod catalog;

@@ -34,6 +34,8 @@ enum Command {
         /// File to check (defaults to --config).
         path: Option<PathBuf>,
     },
+    /// Talk to the admin API: list, stats, delete (takedown), erase, sweep.
+    Admin(sluice::admin::cli::AdminArgs),
     /// Exit 0 if the server answers GET /health (for container HEALTHCHECKs).
     Healthcheck {
         /// Address to probe; defaults to the first listen address of the config.
@@ -72,6 +74,14 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(healthcheck(addr))
+        }
+        Command::Admin(args) => {
+            let config = load(cli.config.as_ref())?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(sluice::admin::cli::run(args, &config))?;
+            Ok(())
         }
         Command::Serve => {
             init_tracing();
@@ -124,6 +134,7 @@ fn init_tracing() {
 
 async fn serve(settings: Settings) -> Result<()> {
     let addrs = settings.config.server.listen.clone();
+    let admin_addr = settings.config.admin.listen;
     let state = sluice::state::AppState::new(settings)?;
     let mut listeners = inherited_listeners()?;
     if listeners.is_empty() {
@@ -142,7 +153,17 @@ async fn serve(settings: Settings) -> Result<()> {
     for l in &listeners {
         tracing::info!(addr = %l.local_addr()?, "listening");
     }
-    sluice::server::run(listeners, state, shutdown_signal()).await?;
+    let admin = match admin_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (admin)"))?,
+        ),
+        None => None,
+    };
+    let audit = state.audit.clone();
+    sluice::server::run_with_admin(listeners, admin, state, shutdown_signal()).await?;
+    audit.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -38,6 +38,10 @@ pub struct AppState {
     pub clock: crate::clock::SharedClock,
     /// Storage cap, free-space reserve and quota accounting.
     pub space: Arc<crate::ops::space::Space>,
+    /// The audit log (a no-op when `[audit] path` is unset).
+    pub audit: crate::admin::audit::Audit,
+    /// The admin API's token (`None`: the admin API is off).
+    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
 impl AppState {
@@ -51,6 +55,10 @@ impl AppState {
         clock: crate::clock::SharedClock,
     ) -> Result<Arc<Self>, StateError> {
         let config = settings.config;
+        let audit = crate::admin::audit::Audit::new(&config.audit, clock.clone());
+        let admin_token = settings
+            .admin_token
+            .map(|k| crate::admin::AdminToken::new(&k.secret));
         let storage = FsStorage::open(&config.storage.dir, config.storage.durability)?;
         let metrics = Metrics::new()?;
         let engine = Engine::new(
@@ -85,13 +93,15 @@ impl AppState {
             totals.bytes,
         ));
         let sessions = if config.resumable.enabled {
-            Some(Arc::new(SessionStore::open(
+            let mut store = SessionStore::open(
                 storage.clone(),
                 &config,
                 &metrics.registry,
                 clock.clone(),
                 space.clone(),
-            )?))
+            )?;
+            store.audit = audit.clone();
+            Some(Arc::new(store))
         } else {
             None
         };
@@ -117,6 +127,8 @@ impl AppState {
             download_rules,
             clock,
             space,
+            audit,
+            admin_token,
         }))
     }
 }

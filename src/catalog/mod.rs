@@ -3,8 +3,8 @@
 //! and path. It is the source of truth for what is published; the files tree holds the bytes.
 //!
 //! The contract ([`Catalog`]) is plain: rows in, rows out, no backend-specific behaviour, so a
-//! PostgreSQL backend can pass the same contract suite ([`contract`]). The embedded backend is
-//! SQLite ([`sqlite::SqliteCatalog`]), its file under `storage.dir`.
+//! PostgreSQL backend can pass the same contract suite (`catalog::contract`, in test builds).
+//! The embedded backend is SQLite ([`sqlite::SqliteCatalog`]), its file under `storage.dir`.
 //!
 //! Every method blocks: callers run them on the blocking pool, never on the async threads.
 //! Must not: see HTTP types, touch the files tree.

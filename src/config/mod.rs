@@ -91,6 +91,9 @@ pub struct ServerConfig {
     /// Cap on connections open at once from one client address (IPv6 addresses grouped by
     /// their /64); more are closed at once. 0 = no per-client cap.
     pub max_connections_per_client: usize,
+    /// Client addresses the per-client cap does not count: a local reverse proxy carries
+    /// every client on one address.
+    pub connection_cap_exempt: Vec<ipnet::IpNet>,
     /// A response must reach the client at this many bytes per second at least, measured over
     /// each `send_timeout` window in which its writes block; a slower reader is disconnected
     /// (a client that reads a few bytes now and then cannot hold a connection and its buffers).
@@ -119,6 +122,14 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             max_connections: 4096,
             max_connections_per_client: 256,
+            connection_cap_exempt: vec![
+                ipnet::IpNet::V4(
+                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8).unwrap_or_default(),
+                ),
+                ipnet::IpNet::V6(
+                    ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default(),
+                ),
+            ],
             min_send_rate: ByteSize::kib(1),
             blocking_threads: 64,
             drain_limit: ByteSize::mib(64),
@@ -493,6 +504,8 @@ impl std::fmt::Debug for Key {
 pub struct Settings {
     pub config: Config,
     pub keys: Vec<Key>,
+    /// The admin API's bearer token (`[admin] token`), when the admin API is on.
+    pub admin_token: Option<Key>,
     /// Set when the secret was generated on this start (main prints it once).
     pub generated_secret: Option<PathBuf>,
 }
@@ -615,7 +628,13 @@ impl Config {
         if c.chunk_min > c.chunk_max || c.chunk_min.as_u64() == 0 {
             return bad("engine.clients: need 0 < chunk_min <= chunk_max".into());
         }
-        for (i, k) in self.auth.keys.iter().enumerate() {
+        let named = self
+            .auth
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("auth.keys[{i}]"), k));
+        for (name, k) in named.chain(self.admin.token.iter().map(|k| ("admin.token".into(), k))) {
             let n = [
                 k.secret.is_some(),
                 k.secret_file.is_some(),
@@ -626,7 +645,7 @@ impl Config {
             .count();
             if n != 1 {
                 return bad(format!(
-                    "auth.keys[{i}] needs exactly one of secret, secret_file, secret_env"
+                    "{name} needs exactly one of secret, secret_file, secret_env"
                 ));
             }
         }
@@ -638,42 +657,7 @@ impl Config {
     pub fn resolve(self) -> Result<Settings, ConfigError> {
         let mut keys = Vec::new();
         for (i, k) in self.auth.keys.iter().enumerate() {
-            let id = if k.id.is_empty() {
-                format!("key{i}")
-            } else {
-                k.id.clone()
-            };
-            let secret = if let Some(s) = &k.secret {
-                s.clone()
-            } else if let Some(path) = &k.secret_file {
-                std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::Secret {
-                        id: id.clone(),
-                        reason: format!("cannot read {}: {e}", path.display()),
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_owned()
-            } else if let Some(var) = &k.secret_env {
-                std::env::var(var).map_err(|_| ConfigError::Secret {
-                    id: id.clone(),
-                    reason: format!("environment variable {var} is not set"),
-                })?
-            } else {
-                return Err(ConfigError::Secret {
-                    id,
-                    reason: "no secret given".into(),
-                });
-            };
-            if secret.len() < 16 {
-                return Err(ConfigError::Secret {
-                    id,
-                    reason: "secret must be at least 16 bytes".into(),
-                });
-            }
-            keys.push(Key {
-                id,
-                secret: secret.into_bytes(),
-            });
+            keys.push(load_key(k, &format!("key{i}"))?);
         }
         let mut generated_secret = None;
         if keys.is_empty() {
@@ -687,9 +671,14 @@ impl Config {
                 secret: secret.into_bytes(),
             });
         }
+        let admin_token = match &self.admin.token {
+            Some(k) => Some(load_key(k, "admin.token")?),
+            None => None,
+        };
         Ok(Settings {
             config: self,
             keys,
+            admin_token,
             generated_secret,
         })
     }
@@ -702,8 +691,54 @@ impl Config {
                 k.secret = Some("<redacted>".into());
             }
         }
+        if let Some(t) = &mut c.admin.token {
+            if t.secret.is_some() {
+                t.secret = Some("<redacted>".into());
+            }
+        }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// Load one secret (inline, file or environment variable; at least 16 bytes). `default_id`
+/// names it when the config gives no `id`. Used for the key ring and the admin token.
+pub fn load_key(k: &KeyConfig, default_id: &str) -> Result<Key, ConfigError> {
+    let id = if k.id.is_empty() {
+        default_id.to_owned()
+    } else {
+        k.id.clone()
+    };
+    let secret = if let Some(s) = &k.secret {
+        s.clone()
+    } else if let Some(path) = &k.secret_file {
+        std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Secret {
+                id: id.clone(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?
+            .trim_end_matches(['\n', '\r'])
+            .to_owned()
+    } else if let Some(var) = &k.secret_env {
+        std::env::var(var).map_err(|_| ConfigError::Secret {
+            id: id.clone(),
+            reason: format!("environment variable {var} is not set"),
+        })?
+    } else {
+        return Err(ConfigError::Secret {
+            id,
+            reason: "no secret given".into(),
+        });
+    };
+    if secret.len() < 16 {
+        return Err(ConfigError::Secret {
+            id,
+            reason: "secret must be at least 16 bytes".into(),
+        });
+    }
+    Ok(Key {
+        id,
+        secret: secret.into_bytes(),
+    })
 }
 
 /// Read the generated secret, or create it (64 hex chars from the OS RNG, mode 0600).
@@ -877,6 +912,37 @@ mod tests {
         let out = c.redacted_toml();
         assert!(!out.contains("supersecretvalue"));
         assert!(out.contains("<redacted>"));
+    }
+
+    #[test]
+    fn admin_token_resolves_like_a_key_and_is_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("admin.token");
+        std::fs::write(&f, "admin-token-from-file-0123\n").unwrap();
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:9\"\ntoken = {{ secret_file = {:?} }}\n[[auth.keys]]\nsecret = \"0123456789abcdef\"\n",
+            f.display().to_string()
+        );
+        let s = Config::from_toml(&text).unwrap().resolve().unwrap();
+        let t = s.admin_token.unwrap();
+        assert_eq!(t.secret, b"admin-token-from-file-0123");
+        assert_eq!(t.id, "admin.token");
+        let c = Config::from_toml(
+            "[admin]\nlisten = \"127.0.0.1:9\"\ntoken = { secret = \"inline-admin-token-xyz\" }\n",
+        )
+        .unwrap();
+        let out = c.redacted_toml();
+        assert!(!out.contains("inline-admin-token-xyz"), "{out}");
+        assert!(Config::from_toml(&out).is_ok());
+        let short = Config::from_toml(
+            "[admin]\nlisten = \"127.0.0.1:9\"\ntoken = { secret = \"short\" }\n[[auth.keys]]\nsecret = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        assert!(short.resolve().is_err());
+        let two = Config::from_toml(
+            "[admin]\nlisten = \"127.0.0.1:9\"\ntoken = { secret = \"0123456789abcdef\", secret_env = \"X\" }\n",
+        );
+        assert!(two.unwrap_err().to_string().contains("admin.token"));
     }
 
     #[test]

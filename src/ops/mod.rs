@@ -47,6 +47,10 @@ pub async fn remove_file(
             bytes = r.meta.size,
             "file removed"
         );
+        // Who removed it follows from why (see `admin::audit::actor`).
+        state
+            .audit
+            .deletion(&r.path, reason, r.meta.size, r.meta.uploader.as_deref());
     }
     Ok(row)
 }

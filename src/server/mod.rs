@@ -58,12 +58,27 @@ pub async fn run<F>(
 where
     F: Future<Output = ()> + Send,
 {
+    run_with_admin(listeners, None, state, shutdown).await
+}
+
+/// [`run`], plus the admin API on `admin` (its own listener; served only when the state has
+/// an admin token).
+pub async fn run_with_admin<F>(
+    listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    state: Arc<AppState>,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limits = ConnLimits {
         total: Arc::new(Semaphore::new(state.config.server.max_connections)),
         per_client: Arc::new(PerClient::new(
             state.config.server.max_connections_per_client,
+            state.config.server.connection_cap_exempt.clone(),
         )),
     };
     if let Some(store) = state.sessions.clone() {
@@ -78,6 +93,21 @@ where
         state.config.retention.sweep_interval,
         stop.clone(),
     ));
+    match (admin, state.admin_token.clone()) {
+        (Some(listener), Some(token)) => {
+            tracker.spawn(crate::admin::serve(
+                listener,
+                state.clone(),
+                token,
+                stop.clone(),
+                tracker.clone(),
+            ));
+        }
+        (Some(_), None) => {
+            tracing::warn!("admin listener given without an admin token; not served")
+        }
+        (None, _) => {}
+    }
     for listener in listeners {
         tracker.spawn(accept_loop(
             listener,
@@ -115,6 +145,7 @@ struct ConnLimits {
 /// bounded by the open connections.
 struct PerClient {
     max: usize,
+    exempt: Vec<ipnet::IpNet>,
     open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
 }
 
@@ -122,12 +153,14 @@ struct PerClient {
 struct ClientSlot {
     owner: Arc<PerClient>,
     key: IpAddr,
+    counted: bool,
 }
 
 impl PerClient {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, exempt: Vec<ipnet::IpNet>) -> Self {
         Self {
             max,
+            exempt,
             open: Default::default(),
         }
     }
@@ -146,11 +179,21 @@ impl PerClient {
     }
 
     /// A slot for a new connection from `ip`, or `None` when it already holds its share.
+    /// Exempt addresses (a local reverse proxy carries every client) are not counted.
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
         let key = Self::key(ip);
         let owner = self.clone();
-        if self.max == 0 {
-            return Some(ClientSlot { owner, key });
+        if self.max == 0
+            || self
+                .exempt
+                .iter()
+                .any(|n| n.contains(&ip) || n.contains(&key))
+        {
+            return Some(ClientSlot {
+                owner,
+                key,
+                counted: false,
+            });
         }
         let mut open = self.open.lock().ok()?;
         let n = open.entry(key).or_insert(0);
@@ -158,13 +201,17 @@ impl PerClient {
             return None;
         }
         *n += 1;
-        Some(ClientSlot { owner, key })
+        Some(ClientSlot {
+            owner,
+            key,
+            counted: true,
+        })
     }
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if self.owner.max == 0 {
+        if !self.counted {
             return;
         }
         if let Ok(mut open) = self.owner.open.lock() {

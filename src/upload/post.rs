@@ -114,13 +114,22 @@ pub async fn handle(
             .config
             .retention
             .expires_at(target.as_str(), now, grant.file_expires),
-        uploader: grant.uploader,
+        uploader: grant.uploader.clone(),
     };
+    let uploader = grant.uploader;
     let p2 = target.clone();
     tokio::task::spawn_blocking(move || storage.commit(staged, &p2, &meta))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     state.space.added(size);
+    state.audit.upload(crate::admin::audit::UploadEvent {
+        path: target.as_str(),
+        size,
+        sha256: &sha256,
+        uploader: uploader.as_deref(),
+        client: client.ip,
+        route: "form",
+    });
     state.metrics.uploads.with_label_values(&["created"]).inc();
     let url = super::file_url(state, &target);
     let json = serde_json::json!({

@@ -203,11 +203,20 @@ async fn receive_and_commit(
         ),
         uploader: prep.uploader,
     };
-    let path = prep.path;
-    tokio::task::spawn_blocking(move || storage.commit(staged, &path, &meta))
+    let (path, uploader) = (prep.path, meta.uploader.clone());
+    let p2 = path.clone();
+    tokio::task::spawn_blocking(move || storage.commit(staged, &p2, &meta))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     prep.reservation.published();
+    state.audit.upload(crate::admin::audit::UploadEvent {
+        path: path.as_str(),
+        size: len,
+        sha256: &sha256,
+        uploader: uploader.as_deref(),
+        client: client.ip,
+        route: "put",
+    });
     tracing::info!(
         bytes = len,
         mode = crate::auth::mode_name(prep.grant.mode),

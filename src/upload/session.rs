@@ -245,6 +245,8 @@ pub struct SessionStore {
     retention: crate::config::RetentionConfig,
     /// Published bytes are accounted here.
     space: Arc<crate::ops::space::Space>,
+    /// Published files are recorded here (set by the state; off by default).
+    pub audit: crate::admin::audit::Audit,
 }
 
 const TOMBSTONES_MAX: usize = 10_000;
@@ -309,6 +311,7 @@ impl SessionStore {
             clock,
             retention,
             space,
+            audit: Default::default(),
         };
         store
             .reload()
@@ -953,6 +956,14 @@ impl SessionStore {
                 return Err(e);
             }
             self.space.added(len);
+            self.audit.upload(crate::admin::audit::UploadEvent {
+                path: &target,
+                size: len,
+                sha256: m.sha256.as_deref().unwrap_or(""),
+                uploader: m.uploader.as_deref(),
+                client: None,
+                route: m.protocol.label(),
+            });
         }
         self.record(None, m.clone()).await?;
         if let Ok(mut cur) = s.meta.lock() {

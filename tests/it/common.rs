@@ -13,11 +13,24 @@ use tokio::sync::oneshot;
 
 pub const SECRET: &str = "integration-test-secret-0123456789";
 pub const PREFIX: &str = "/upload";
+/// The admin API's token when a test turns it on with [`with_admin`].
+pub const ADMIN_TOKEN: &str = "admin-test-token-0123456789";
+
+/// Config hook: serve the admin API (on its own pre-bound listener, [`TestServer::admin`]).
+pub fn with_admin(c: &mut Config) {
+    c.admin.token = Some(KeyConfig {
+        secret: Some(ADMIN_TOKEN.into()),
+        ..KeyConfig::default()
+    });
+}
+
 /// Upper bound for any single await in a test.
 pub const T: Duration = Duration::from_secs(30);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener, when the config has an admin token.
+    pub admin: Option<SocketAddr>,
     pub state: std::sync::Arc<sluice::state::AppState>,
     /// The server's clock: tests move time with `clock.advance(secs)`.
     pub clock: std::sync::Arc<sluice::clock::ManualClock>,
@@ -72,6 +85,11 @@ impl TestServer {
             ..KeyConfig::default()
         }];
         f(&mut config);
+        let admin = match config.admin.token {
+            Some(_) => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        config.admin.listen = admin.as_ref().map(|l| l.local_addr().unwrap());
         config.validate().unwrap();
         let settings = config.resolve().unwrap();
         let clock = sluice::clock::ManualClock::new();
@@ -79,8 +97,10 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(sluice::server::run(
+        let admin_addr = state.config.admin.listen;
+        let task = tokio::spawn(sluice::server::run_with_admin(
             vec![listener],
+            admin,
             state.clone(),
             async move {
                 let _ = rx.await;
@@ -89,6 +109,7 @@ impl TestServer {
         let client = reqwest::Client::builder().timeout(T).build().unwrap();
         Self {
             addr,
+            admin: admin_addr,
             state,
             clock,
             dir,

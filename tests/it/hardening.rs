@@ -175,7 +175,12 @@ async fn refused_body_is_drained_or_the_response_says_close() {
 
 #[tokio::test]
 async fn per_client_connection_cap_closes_the_excess() {
-    let s = TestServer::start_with(|c| c.server.max_connections_per_client = 2).await;
+    let s = TestServer::start_with(|c| {
+        c.server.max_connections_per_client = 2;
+        // The test client is on loopback, which is exempt by default.
+        c.server.connection_cap_exempt.clear();
+    })
+    .await;
     let mut a = s.connect().await;
     let b = s.connect().await;
     let mut third = s.connect().await;

@@ -2,6 +2,7 @@
 //! Integration tests: the real server in-process on a pre-bound 127.0.0.1:0 listener, real
 //! files in a temp dir, HTTP through reqwest (and raw TCP where a client must misbehave).
 
+mod admin;
 mod clients;
 mod common;
 mod digest;
