@@ -23,12 +23,23 @@ const IN_USE: u8 = 0;
 const DONE: u8 = 1;
 const DRAINING: u8 = 2;
 const ABANDONED: u8 = 3;
+/// The body broke the HTTP/1.1 message syntax (a bad chunk size or extension): whatever the
+/// handler answered, the request was malformed.
+const MALFORMED: u8 = 4;
 
 impl BodyState {
     /// The body was dropped with bytes still unread and is not being drained: the connection
     /// cannot be reused after the response.
     pub fn abandoned(&self) -> bool {
-        matches!(self.0.load(Ordering::Acquire), ABANDONED | IN_USE)
+        matches!(
+            self.0.load(Ordering::Acquire),
+            ABANDONED | IN_USE | MALFORMED
+        )
+    }
+
+    /// The body was malformed (the router answers 400 and closes).
+    pub fn malformed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == MALFORMED
     }
 }
 
@@ -95,6 +106,10 @@ impl Body for ReqBody {
                 this.state.0.store(DONE, Ordering::Release);
                 this.inner = None;
             }
+            Poll::Ready(Some(Err(e))) if is_malformed(e) => {
+                this.state.0.store(MALFORMED, Ordering::Release);
+                this.inner = None;
+            }
             _ => {}
         }
         r
@@ -109,6 +124,22 @@ impl Body for ReqBody {
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
+}
+
+/// hyper reports a body that breaks the message syntax (chunk size, extension, trailer) as an
+/// `InvalidData`/`InvalidInput` I/O error; a client that went away is something else.
+fn is_malformed(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        src = s.source();
+    }
+    false
 }
 
 impl Drop for ReqBody {

@@ -135,6 +135,7 @@ fn init_tracing() {
 async fn serve(settings: Settings) -> Result<()> {
     let addrs = settings.config.server.listen.clone();
     let admin_addr = settings.config.admin.listen;
+    let tls_config = settings.config.tls.clone();
     let state = sluice::state::AppState::new(settings)?;
     let mut listeners = inherited_listeners()?;
     if listeners.is_empty() {
@@ -161,8 +162,23 @@ async fn serve(settings: Settings) -> Result<()> {
         ),
         None => None,
     };
+    let mut tls = Vec::new();
+    for t in &tls_config {
+        let certs = sluice::server::tls::CertStore::open(&t.cert, &t.key)
+            .with_context(|| format!("TLS listener {}", t.listen))?;
+        let listener = tokio::net::TcpListener::bind(t.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (TLS)", t.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, cert = %t.cert.display(), "listening (TLS)");
+        tls.push(sluice::server::TlsListener { listener, certs });
+    }
     let audit = state.audit.clone();
-    sluice::server::run_with_admin(listeners, admin, state, shutdown_signal()).await?;
+    let listeners = sluice::server::Listeners {
+        plain: listeners,
+        tls,
+        admin,
+    };
+    sluice::server::serve(listeners, state, shutdown_signal()).await?;
     audit.flush().await;
     tracing::info!("stopped");
     Ok(())

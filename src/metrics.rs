@@ -36,6 +36,9 @@ pub struct Metrics {
     pub stored_files: IntGauge,
     pub stored_bytes: IntGauge,
     pub free_bytes: IntGauge,
+    /// TLS certificate reloads by result (ok, error).
+    pub tls_reloads: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
 }
 
 impl Metrics {
@@ -149,6 +152,20 @@ impl Metrics {
             )
             .buckets(vec![0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0]),
         )?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "sluice_tls_certificate_reloads_total",
+                "TLS certificate reloads (SIGHUP or changed files), by result",
+            ),
+            &["result"],
+        )?;
+        for r in ["ok", "error"] {
+            tls_reloads.with_label_values(&[r]);
+        }
+        let tls_handshake_failures = IntCounter::new(
+            "sluice_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out",
+        )?;
         let stored_files = IntGauge::new("sluice_stored_files", "Live stored files")?;
         let stored_bytes = IntGauge::new("sluice_stored_bytes", "Bytes of live stored files")?;
         let free_bytes = IntGauge::new(
@@ -174,6 +191,8 @@ impl Metrics {
         registry.register(Box::new(stored_files.clone()))?;
         registry.register(Box::new(stored_bytes.clone()))?;
         registry.register(Box::new(free_bytes.clone()))?;
+        registry.register(Box::new(tls_reloads.clone()))?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -193,6 +212,8 @@ impl Metrics {
             stored_files,
             stored_bytes,
             free_bytes,
+            tls_reloads,
+            tls_handshake_failures,
         })
     }
 

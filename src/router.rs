@@ -207,6 +207,14 @@ pub async fn handle(
         }
         None => dispatch(&state, route, req).instrument(span).await,
     };
+    // A malformed body (hyper refused its chunked framing) makes the whole request a bad one,
+    // whatever the handler made of the bytes before it.
+    if body_state.malformed() {
+        res = response::text(
+            StatusCode::BAD_REQUEST,
+            "malformed request body (chunked framing)\n",
+        );
+    }
     // A body left unread and too large to drain makes hyper close the connection after the
     // response: the response must not promise keep-alive, so the client sends its next
     // request on a new connection.

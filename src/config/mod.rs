@@ -57,6 +57,19 @@ pub struct Config {
     pub quota: QuotaConfig,
     pub admin: AdminConfig,
     pub audit: AuditConfig,
+    /// HTTPS listeners (`[[tls]]`), each with its certificate chain and key.
+    pub tls: Vec<TlsListenerConfig>,
+}
+
+/// One `[[tls]]` entry: an HTTPS listener (HTTP/1.1 and HTTP/2 by ALPN).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain (leaf first), e.g. certbot's fullchain.pem.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[server]`: listeners, timeouts and limits of the HTTP layer.
@@ -80,6 +93,10 @@ pub struct ServerConfig {
     /// cap on the head while it is parsed). 64 KiB lets bulk uploads run at disk speed; 16 KiB
     /// costs a 1 GiB PUT about two thirds of its throughput here.
     pub read_buffer: ByteSize,
+    /// How often TLS certificate files are checked for changes (they are also reloaded on
+    /// SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub tls_check_interval: Duration,
     /// A client that reads nothing of a response for this long is disconnected.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
@@ -117,6 +134,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
+            tls_check_interval: Duration::from_secs(60),
             max_header_size: ByteSize::kib(16),
             read_buffer: ByteSize::kib(64),
             shutdown_grace: Duration::from_secs(30),
@@ -535,8 +553,8 @@ impl Config {
     /// Cross-field checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.server.listen.is_empty() {
-            return bad("server.listen must name at least one address".into());
+        if self.server.listen.is_empty() && self.tls.is_empty() {
+            return bad("server.listen or [[tls]] must name at least one address".into());
         }
         let p = &self.server.url_prefix;
         if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/') || p.contains("//")) {
@@ -599,6 +617,20 @@ impl Config {
             .is_some_and(|a| self.server.listen.contains(&a))
         {
             return bad("admin.listen must differ from every server.listen address".into());
+        }
+        for (i, t) in self.tls.iter().enumerate() {
+            if self.server.listen.contains(&t.listen)
+                || self.tls[..i].iter().any(|o| o.listen == t.listen)
+                || self.admin.listen == Some(t.listen)
+            {
+                return bad(format!(
+                    "tls.listen {} is already used by another listener",
+                    t.listen
+                ));
+            }
+        }
+        if self.server.tls_check_interval.is_zero() {
+            return bad("server.tls_check_interval must be positive".into());
         }
         if self.download.max_ranges == 0 {
             return bad("download.max_ranges must be at least 1".into());

@@ -519,7 +519,7 @@ impl Engine {
         use std::os::unix::fs::FileExt;
         let n = usize::try_from(len).ok()?;
         let tier = self.shared.policy.tier_at_least(n as f64);
-        let mut lease = self.pool.try_lease(tier)?;
+        let mut lease = self.pool.try_lease_small(tier)?;
         if lease.capacity() < n {
             return None;
         }

@@ -7,6 +7,11 @@
 //! are freed first), so the pool's whole footprint is bounded by `memory_cap`.
 //! Up to `max_idle_per_tier` returned buffers are kept per tier for reuse (a hit); otherwise a
 //! new buffer is allocated (a miss).
+//!
+//! A reserve of an eighth of the cap serves small whole-file reads ([`BufferPool::try_lease_small`])
+//! when the cap is exhausted, so clients that hold buffers without reading them (slow readers
+//! of large files) cannot stall the small downloads of everybody else. Streaming transfers
+//! never take from the reserve.
 
 use std::sync::{Arc, Mutex};
 
@@ -81,6 +86,8 @@ struct Inner {
     max_idle: usize,
     cap: Arc<Semaphore>,
     cap_bytes: i64,
+    /// For small whole-file reads once the cap is exhausted (see the module docs).
+    reserve: Arc<Semaphore>,
     idle_bytes: std::sync::atomic::AtomicI64,
     metrics: PoolMetrics,
 }
@@ -122,6 +129,7 @@ impl BufferPool {
                 max_idle,
                 cap: Arc::new(Semaphore::new(kib(cap) as usize)),
                 cap_bytes: cap as i64,
+                reserve: Arc::new(Semaphore::new(kib(cap / 8) as usize)),
                 idle_bytes: std::sync::atomic::AtomicI64::new(0),
                 metrics,
             }),
@@ -219,6 +227,22 @@ impl BufferPool {
             .cap
             .clone()
             .try_acquire_many_owned(kib(size))
+            .ok()?;
+        Some(self.take(tier, permit))
+    }
+
+    /// Lease without waiting for a small whole-file read: from the cap, or when the cap is
+    /// exhausted, from the reserve. `None` when neither has room.
+    pub fn try_lease_small(&self, tier: usize) -> Option<Lease> {
+        if let Some(l) = self.try_lease(tier) {
+            return Some(l);
+        }
+        let tier = tier.min(self.inner.tiers.len().saturating_sub(1));
+        let permit = self
+            .inner
+            .reserve
+            .clone()
+            .try_acquire_many_owned(kib(self.tier_size(tier)))
             .ok()?;
         Some(self.take(tier, permit))
     }
@@ -413,6 +437,28 @@ mod tests {
             .unwrap();
         assert_eq!(got, 64 * 1024);
         drop(b);
+    }
+
+    #[tokio::test]
+    async fn small_reads_use_the_reserve_when_the_cap_is_held() {
+        // Cap 256 KiB: a reserve of 32 KiB, two 16 KiB buffers.
+        let p = pool(256 * 1024);
+        let held: Vec<Lease> = vec![
+            p.lease(1).await,
+            p.lease(1).await,
+            p.lease(1).await,
+            p.lease(1).await,
+        ];
+        assert!(
+            p.try_lease(0).is_none(),
+            "cap exhausted by streaming leases"
+        );
+        let a = p.try_lease_small(0).expect("reserve serves a small read");
+        let b = p.try_lease_small(0).expect("reserve serves a second one");
+        assert!(p.try_lease_small(0).is_none(), "reserve is bounded");
+        drop(a);
+        assert!(p.try_lease_small(0).is_some());
+        drop((b, held));
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! requests finish within the grace period).
 
 mod io;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -72,6 +73,49 @@ pub async fn run_with_admin<F>(
 where
     F: Future<Output = ()> + Send,
 {
+    serve(
+        Listeners {
+            plain: listeners,
+            tls: Vec::new(),
+            admin,
+        },
+        state,
+        shutdown,
+    )
+    .await
+}
+
+/// A TLS listener and its (reloadable) certificate.
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub certs: Arc<tls::CertStore>,
+}
+
+/// Everything a server listens on.
+#[derive(Default)]
+pub struct Listeners {
+    /// Cleartext HTTP/1.1 and h2c.
+    pub plain: Vec<TcpListener>,
+    /// HTTPS: HTTP/1.1 and HTTP/2 by ALPN.
+    pub tls: Vec<TlsListener>,
+    /// The admin API (served only when the state has an admin token).
+    pub admin: Option<TcpListener>,
+}
+
+/// Serve every listener until `shutdown` completes, then drain within the grace period.
+pub async fn serve<F>(
+    listeners: Listeners,
+    state: Arc<AppState>,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
+    let Listeners {
+        plain: listeners,
+        tls,
+        admin,
+    } = listeners;
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limits = ConnLimits {
@@ -111,11 +155,29 @@ where
     for listener in listeners {
         tracker.spawn(accept_loop(
             listener,
+            None,
             state.clone(),
             stop.clone(),
             limits.clone(),
             tracker.clone(),
         ));
+    }
+    let mut stores = Vec::new();
+    for t in tls {
+        let cfg = tls::server_config(t.certs.clone())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        stores.push(t.certs);
+        tracker.spawn(accept_loop(
+            t.listener,
+            Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            state.clone(),
+            stop.clone(),
+            limits.clone(),
+            tracker.clone(),
+        ));
+    }
+    if !stores.is_empty() {
+        tracker.spawn(cert_reload_loop(stores, state.clone(), stop.clone()));
     }
     shutdown.await;
     tracing::info!("shutdown requested: no longer accepting connections");
@@ -225,8 +287,45 @@ impl Drop for ClientSlot {
     }
 }
 
+/// Reload TLS certificates on SIGHUP and when their files change, until `stop`.
+async fn cert_reload_loop(
+    stores: Vec<Arc<tls::CertStore>>,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let every = state.config.server.tls_check_interval;
+    loop {
+        let forced = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        for s in &stores {
+            let r = if forced {
+                s.reload().map(|()| true)
+            } else {
+                s.reload_if_changed()
+            };
+            let label = match &r {
+                Ok(true) => {
+                    tracing::info!(cert = %s.cert_path().display(), "TLS certificate reloaded");
+                    "ok"
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; the running one stays");
+                    "error"
+                }
+            };
+            state.metrics.tls_reloads.with_label_values(&[label]).inc();
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
     stop: CancellationToken,
     limits: ConnLimits,
@@ -286,19 +385,47 @@ async fn accept_loop(
             req.extensions_mut().insert(crate::router::PeerAddr(peer));
             async move { Ok::<_, Infallible>(crate::router::handle(state, req).await) }
         });
-        let conn = builder
-            .serve_connection(
-                TokioIo::new(io::ConnGuard::new(stream, io_limits.clone())),
-                svc,
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let state = state.clone();
+        // The guard sits under TLS, so its timeouts see the raw bytes (a silent client, a
+        // stalled handshake, a slow reader).
+        let io = io::ConnGuard::new(stream, io_limits.clone());
+        let (state, builder, watcher, tls) = (
+            state.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
+        let handshake_timeout = cfg.header_read_timeout;
         tracker.spawn(
             async move {
                 let _open = GaugeGuard::new(&state.metrics.connections_open);
                 let _slots = (total_slot, client_slot);
-                if let Err(e) = conn.await {
+                let result = match tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+                        watcher.watch(conn).await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                            Ok(Ok(tls)) => {
+                                let conn = builder
+                                    .serve_connection(TokioIo::new(tls), svc)
+                                    .into_owned();
+                                watcher.watch(conn).await
+                            }
+                            Ok(Err(e)) => {
+                                state.metrics.tls_handshake_failures.inc();
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                state.metrics.tls_handshake_failures.inc();
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with error");
                 }
             }

@@ -29,6 +29,8 @@ pub const T: Duration = Duration::from_secs(30);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Addresses of the `[[tls]]` listeners, in config order.
+    pub tls_addrs: Vec<SocketAddr>,
     /// The admin listener, when the config has an admin token.
     pub admin: Option<SocketAddr>,
     pub state: std::sync::Arc<sluice::state::AppState>,
@@ -90,6 +92,13 @@ impl TestServer {
             None => None,
         };
         config.admin.listen = admin.as_ref().map(|l| l.local_addr().unwrap());
+        // Every [[tls]] entry gets a pre-bound 127.0.0.1:0 listener.
+        let mut tls_listeners = Vec::new();
+        for t in &mut config.tls {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            t.listen = l.local_addr().unwrap();
+            tls_listeners.push((l, t.cert.clone(), t.key.clone()));
+        }
         config.validate().unwrap();
         let settings = config.resolve().unwrap();
         let clock = sluice::clock::ManualClock::new();
@@ -98,9 +107,21 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let admin_addr = state.config.admin.listen;
-        let task = tokio::spawn(sluice::server::run_with_admin(
-            vec![listener],
+        let tls_addrs = state.config.tls.iter().map(|t| t.listen).collect();
+        let tls = tls_listeners
+            .into_iter()
+            .map(|(listener, cert, key)| sluice::server::TlsListener {
+                listener,
+                certs: sluice::server::tls::CertStore::open(&cert, &key).unwrap(),
+            })
+            .collect();
+        let listeners = sluice::server::Listeners {
+            plain: vec![listener],
+            tls,
             admin,
+        };
+        let task = tokio::spawn(sluice::server::serve(
+            listeners,
             state.clone(),
             async move {
                 let _ = rx.await;
@@ -109,6 +130,7 @@ impl TestServer {
         let client = reqwest::Client::builder().timeout(T).build().unwrap();
         Self {
             addr,
+            tls_addrs,
             admin: admin_addr,
             state,
             clock,

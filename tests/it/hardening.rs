@@ -257,3 +257,25 @@ async fn slow_reader_below_min_send_rate_is_cut_off() {
     );
     assert_eq!(s.metric("sluice_downloads_in_flight").await, 0.0);
 }
+
+#[tokio::test]
+async fn malformed_chunked_body_is_400_not_a_partial_success() {
+    let s = TestServer::start().await;
+    let url = crate::resumable::tus_create(&s, "mal/a.bin", 100).await;
+    let pq = url.split_once(&s.addr.to_string()).unwrap().1.to_owned();
+    // A chunk extension far beyond hyper's limit: the body breaks the message syntax.
+    let ext = "x".repeat(100_000);
+    let res = raw_request(
+        &s,
+        &format!(
+            "PATCH {pq} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n5;{ext}\r\nhello\r\n0\r\n\r\n"
+        ),
+        b"",
+    )
+    .await;
+    assert!(res.starts_with("HTTP/1.1 400"), "{res}");
+    assert!(
+        res.to_ascii_lowercase().contains("connection: close"),
+        "{res}"
+    );
+}

@@ -14,3 +14,4 @@ mod ops;
 mod put;
 mod resumable;
 mod server;
+mod tls;
