@@ -162,6 +162,18 @@ async fn serve(settings: Settings) -> Result<()> {
         ),
         None => None,
     };
+    let mut unix = Vec::new();
+    let server_cfg = &state.config.server;
+    for p in &server_cfg.unix_listen {
+        let l = sluice::server::unix::bind(
+            p,
+            server_cfg.unix_mode_bits().unwrap_or(0o660),
+            server_cfg.unix_group.as_deref(),
+        )
+        .with_context(|| format!("cannot listen on unix socket {}", p.display()))?;
+        tracing::info!(path = %p.display(), "listening (unix)");
+        unix.push(l);
+    }
     let mut tls = Vec::new();
     for t in &tls_config {
         let certs = sluice::server::tls::CertStore::open(&t.cert, &t.key)
@@ -176,6 +188,7 @@ async fn serve(settings: Settings) -> Result<()> {
     let listeners = sluice::server::Listeners {
         plain: listeners,
         tls,
+        unix,
         admin,
     };
     sluice::server::serve(listeners, state, shutdown_signal()).await?;

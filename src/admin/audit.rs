@@ -85,7 +85,7 @@ pub fn actor(reason: DeleteReason) -> &'static str {
     match reason {
         DeleteReason::Expired => "sweeper",
         DeleteReason::Quota => "quota",
-        DeleteReason::Admin | DeleteReason::Erasure => "admin",
+        DeleteReason::Admin | DeleteReason::Erasure | DeleteReason::Removed => "admin",
         DeleteReason::Missing => "reconcile",
     }
 }

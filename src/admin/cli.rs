@@ -82,6 +82,10 @@ pub enum AdminCommand {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
+        /// Only free the space: the path may be uploaded again (by default a deletion is a
+        /// takedown: the path answers 410 for good).
+        #[arg(long)]
+        keep_path: bool,
     },
     /// Delete every file of one uploader (their paths are blocked, like takedowns).
     Erase { uploader: String },
@@ -180,9 +184,14 @@ pub async fn run(args: AdminArgs, config: &Config) -> Result<(), CliError> {
             }
             Ok(())
         }
-        AdminCommand::Delete { path, reason } => {
+        AdminCommand::Delete {
+            path,
+            reason,
+            keep_path,
+        } => {
             let mut q = Query::default();
             q.opt("reason", reason.as_deref());
+            q.opt("keep_path", keep_path.then_some("1"));
             let r: Removed = client
                 .call(
                     Method::DELETE,

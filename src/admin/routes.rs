@@ -240,7 +240,15 @@ pub async fn dispatch(
     match route {
         AdminRoute::List => ok(&list(state, list_query(query)?).await?),
         AdminRoute::Stats => ok(&stats(state).await?),
-        AdminRoute::Delete { path } => ok(&delete(state, &path, reason_text(query)).await?),
+        AdminRoute::Delete { path } => {
+            // `keep_path=1`: free the space but let the path be uploaded again (no takedown).
+            let kind = if param(query, "keep_path").is_some_and(|v| v == "1" || v == "true") {
+                DeleteReason::Removed
+            } else {
+                DeleteReason::Admin
+            };
+            ok(&delete(state, &path, reason_text(query), kind).await?)
+        }
         AdminRoute::Erase => {
             let uploader = param(query, "uploader")
                 .ok_or_else(|| AdminError::BadRequest("uploader is required".into()))?;
@@ -322,8 +330,9 @@ async fn delete(
     state: &Arc<AppState>,
     path: &str,
     reason: Option<String>,
+    kind: DeleteReason,
 ) -> Result<Removed, AdminError> {
-    let row = crate::ops::remove_file(state, path, DeleteReason::Admin).await?;
+    let row = crate::ops::remove_file(state, path, kind).await?;
     let out = Removed {
         files: u64::from(row.is_some()),
         bytes: row.as_ref().map_or(0, |r| r.meta.size),

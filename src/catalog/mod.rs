@@ -44,6 +44,8 @@ pub enum DeleteReason {
     Erasure,
     /// The file disappeared from the files tree (found at start-up).
     Missing,
+    /// An operator removed it without taking the path down (freeing space).
+    Removed,
 }
 
 impl DeleteReason {
@@ -54,6 +56,7 @@ impl DeleteReason {
             DeleteReason::Admin => "admin",
             DeleteReason::Erasure => "erasure",
             DeleteReason::Missing => "missing",
+            DeleteReason::Removed => "removed",
         }
     }
 
@@ -64,6 +67,7 @@ impl DeleteReason {
             "admin" => DeleteReason::Admin,
             "erasure" => DeleteReason::Erasure,
             "missing" => DeleteReason::Missing,
+            "removed" => DeleteReason::Removed,
             _ => return None,
         })
     }
@@ -72,12 +76,13 @@ impl DeleteReason {
         matches!(self, DeleteReason::Admin | DeleteReason::Erasure)
     }
 
-    pub const ALL: [DeleteReason; 5] = [
+    pub const ALL: [DeleteReason; 6] = [
         DeleteReason::Expired,
         DeleteReason::Quota,
         DeleteReason::Admin,
         DeleteReason::Erasure,
         DeleteReason::Missing,
+        DeleteReason::Removed,
     ];
 }
 

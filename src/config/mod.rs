@@ -78,6 +78,12 @@ pub struct TlsListenerConfig {
 pub struct ServerConfig {
     /// Addresses to listen on; IPv6 as `"[::1]:8080"`.
     pub listen: Vec<SocketAddr>,
+    /// Unix sockets to listen on as well (for a reverse proxy on this machine).
+    pub unix_listen: Vec<PathBuf>,
+    /// Mode of the unix socket files, octal.
+    pub unix_mode: String,
+    /// Group of the unix socket files (the proxy's group); unset: the process's group.
+    pub unix_group: Option<String>,
     /// URL prefix of the upload/download routes (e.g. `/upload`). Requests with the prefix have
     /// it stripped; requests without it are accepted too (a proxy may strip it).
     pub url_prefix: String,
@@ -126,11 +132,23 @@ pub struct ServerConfig {
     pub trust_forwarded_for: bool,
 }
 
+impl ServerConfig {
+    /// `unix_mode` as permission bits.
+    pub fn unix_mode_bits(&self) -> Option<u32> {
+        u32::from_str_radix(self.unix_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
             url_prefix: String::new(),
+            unix_listen: Vec::new(),
+            unix_mode: "0660".to_owned(),
+            unix_group: None,
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
@@ -553,8 +571,18 @@ impl Config {
     /// Cross-field checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.server.listen.is_empty() && self.tls.is_empty() {
-            return bad("server.listen or [[tls]] must name at least one address".into());
+        if self.server.listen.is_empty() && self.tls.is_empty() && self.server.unix_listen.is_empty()
+        {
+            return bad(
+                "server.listen, server.unix_listen or [[tls]] must name at least one address"
+                    .into(),
+            );
+        }
+        if self.server.unix_mode_bits().is_none() {
+            return bad(format!(
+                "server.unix_mode {:?} must be an octal mode like \"0660\"",
+                self.server.unix_mode
+            ));
         }
         let p = &self.server.url_prefix;
         if !p.is_empty() && (!p.starts_with('/') || p.ends_with('/') || p.contains("//")) {

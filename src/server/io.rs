@@ -20,8 +20,25 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Sleep;
+
+/// A client socket the guard can cut hard.
+pub trait Abort {
+    /// Make the coming close drop whatever is still queued for the client.
+    fn abort(&self);
+}
+
+impl Abort for TcpStream {
+    fn abort(&self) {
+        // Zero linger: the close sends a reset and frees the kernel's send queue at once.
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl Abort for UnixStream {
+    fn abort(&self) {}
+}
 
 /// Limits of one connection (see the module docs).
 #[derive(Clone)]
@@ -40,16 +57,16 @@ struct Window {
     sent: u64,
 }
 
-pub struct ConnGuard {
-    inner: TcpStream,
+pub struct ConnGuard<T> {
+    inner: T,
     limits: Limits,
     /// Armed until the client's first byte arrives.
     first_bytes: Option<Pin<Box<Sleep>>>,
     window: Option<Window>,
 }
 
-impl ConnGuard {
-    pub fn new(inner: TcpStream, limits: Limits) -> Self {
+impl<T: Abort> ConnGuard<T> {
+    pub fn new(inner: T, limits: Limits) -> Self {
         let first_bytes = Some(Box::pin(tokio::time::sleep(limits.first_bytes_timeout)));
         Self {
             inner,
@@ -106,7 +123,7 @@ impl ConnGuard {
             }
             Poll::Ready(()) => {
                 self.limits.closed_send_rate.inc();
-                let _ = self.inner.set_zero_linger();
+                self.inner.abort();
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "client reads the response too slowly",
@@ -116,7 +133,7 @@ impl ConnGuard {
     }
 }
 
-impl AsyncRead for ConnGuard {
+impl<T: AsyncRead + Abort + Unpin> AsyncRead for ConnGuard<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -149,7 +166,7 @@ impl AsyncRead for ConnGuard {
     }
 }
 
-impl AsyncWrite for ConnGuard {
+impl<T: AsyncWrite + Abort + Unpin> AsyncWrite for ConnGuard<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

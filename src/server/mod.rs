@@ -5,6 +5,7 @@
 
 mod io;
 pub mod tls;
+pub mod unix;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -76,8 +77,8 @@ where
     serve(
         Listeners {
             plain: listeners,
-            tls: Vec::new(),
             admin,
+            ..Listeners::default()
         },
         state,
         shutdown,
@@ -98,6 +99,8 @@ pub struct Listeners {
     pub plain: Vec<TcpListener>,
     /// HTTPS: HTTP/1.1 and HTTP/2 by ALPN.
     pub tls: Vec<TlsListener>,
+    /// Unix sockets (HTTP/1.1 and h2c) for a local reverse proxy.
+    pub unix: Vec<tokio::net::UnixListener>,
     /// The admin API (served only when the state has an admin token).
     pub admin: Option<TcpListener>,
 }
@@ -114,6 +117,7 @@ where
     let Listeners {
         plain: listeners,
         tls,
+        unix,
         admin,
     } = listeners;
     let stop = CancellationToken::new();
@@ -153,6 +157,16 @@ where
         (None, _) => {}
     }
     for listener in listeners {
+        tracker.spawn(accept_loop(
+            listener,
+            None,
+            state.clone(),
+            stop.clone(),
+            limits.clone(),
+            tracker.clone(),
+        ));
+    }
+    for listener in unix {
         tracker.spawn(accept_loop(
             listener,
             None,
@@ -323,8 +337,8 @@ async fn cert_reload_loop(
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+async fn accept_loop<L: Acceptor>(
+    listener: L,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
     stop: CancellationToken,
@@ -362,7 +376,7 @@ async fn accept_loop(
         };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
+            r = listener.accept_conn() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: log and back off instead of spinning.
@@ -372,17 +386,25 @@ async fn accept_loop(
                 }
             },
         };
-        let Some(client_slot) = limits.per_client.acquire(peer.ip()) else {
-            closed_per_client.inc();
-            tracing::debug!(peer = %peer_label(peer), "per-client connection cap reached; closing");
-            drop(stream);
-            continue;
+        // A unix-socket peer (a local proxy) has no address and no per-client share.
+        let client_slot = match peer {
+            Some(p) => match limits.per_client.acquire(p.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    closed_per_client.inc();
+                    tracing::debug!(peer = %peer_label(peer), "per-client connection cap reached; closing");
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
         };
-        let _ = stream.set_nodelay(true);
         let conn_state = state.clone();
         let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let state = conn_state.clone();
-            req.extensions_mut().insert(crate::router::PeerAddr(peer));
+            if let Some(p) = peer {
+                req.extensions_mut().insert(crate::router::PeerAddr(p));
+            }
             async move { Ok::<_, Infallible>(crate::router::handle(state, req).await) }
         });
         // The guard sits under TLS, so its timeouts see the raw bytes (a silent client, a
@@ -441,6 +463,37 @@ async fn accept_loop(
     }
 }
 
-fn peer_label(p: SocketAddr) -> String {
-    p.to_string()
+fn peer_label(p: Option<SocketAddr>) -> String {
+    p.map_or_else(|| "unix".to_owned(), |p| p.to_string())
+}
+
+/// A listening socket: TCP (the peer has an address; `TCP_NODELAY` is set) or a unix socket
+/// (a local reverse proxy; no address).
+pub trait Acceptor: Send + Sync + 'static {
+    type Stream: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + io::Abort
+        + Unpin
+        + Send
+        + 'static;
+    fn accept_conn(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, Option<SocketAddr>)>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_conn(&self) -> std::io::Result<(Self::Stream, Option<SocketAddr>)> {
+        let (s, peer) = self.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, Some(peer)))
+    }
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_conn(&self) -> std::io::Result<(Self::Stream, Option<SocketAddr>)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, None))
+    }
 }

@@ -287,11 +287,42 @@ impl FsStorage {
         }
         let dest = p.under(&self.files);
         let parent = dest.parent().unwrap_or(&self.files).to_path_buf();
-        self.ensure_dirs(&self.files, &parent)?;
+        // The highest directory this commit creates, if any: a failed commit removes what it
+        // made (an XMPP slot's directory is its own), so a refusal leaves no empty directory.
+        let mut first_new = None;
+        let mut d = parent.as_path();
+        while d != self.files && d.symlink_metadata().is_err() {
+            first_new = Some(d.to_path_buf());
+            d = d.parent().unwrap_or(&self.files);
+        }
+        let undo_dirs = |first_new: &Option<PathBuf>| {
+            let Some(top) = first_new else { return };
+            let mut d = parent.as_path();
+            loop {
+                if fs::remove_dir(d).is_err() {
+                    break;
+                }
+                if let Ok(mut k) = self.durable_dirs.lock() {
+                    k.remove(d);
+                }
+                if d == top {
+                    break;
+                }
+                let Some(up) = d.parent() else { break };
+                d = up;
+            }
+        };
+        if let Err(e) = self.ensure_dirs(&self.files, &parent) {
+            undo_dirs(&first_new);
+            return Err(e);
+        }
         match fs::hard_link(&staged.path, &dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StorageError::Exists),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                undo_dirs(&first_new);
+                return Err(e.into());
+            }
         }
         // The name is ours now (the link could not have replaced anything). A failure from
         // here on takes it back, so the caller's error tells the truth.
@@ -307,6 +338,7 @@ impl FsStorage {
         };
         if let Err(e) = finish() {
             let _ = fs::remove_file(&dest);
+            undo_dirs(&first_new);
             return Err(e);
         }
         staged.committed = true;
@@ -532,6 +564,10 @@ mod tests {
             Err(StorageError::TakenDown)
         ));
         assert!(!dir.path().join("files/x/f.txt").exists());
+        assert!(
+            !dir.path().join("files/x").exists(),
+            "the directory the failed commit made is gone too"
+        );
         assert!(matches!(
             s.open_file(&sp("x/f.txt")),
             Err(StorageError::TakenDown)

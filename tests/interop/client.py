@@ -99,6 +99,7 @@ def info(msg):
 class Resp:
     def __init__(self, status, headers, body, error=None):
         self.status, self.headers, self.body, self.error = status, headers, body, error
+        self.sent_body = None  # expect_put: whether the body went out (after 100 Continue)
 
     def header(self, name):
         for k, v in self.headers:
@@ -171,7 +172,8 @@ def expect_put(url, headers, body, timeout=30):
         head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "Connection: close\r\n\r\n"
         s.sendall(head.encode("latin-1"))
         status, hdrs = _read_head(f)
-        if status == 100:
+        sent_body = status == 100
+        if sent_body:
             try:
                 s.sendall(body)
             except (BrokenPipeError, ConnectionResetError):
@@ -180,7 +182,9 @@ def expect_put(url, headers, body, timeout=30):
         n = int(dict((k.lower(), v) for k, v in hdrs).get("content-length", "0"))
         data = f.read(n) if n else b""
         s.close()
-        return Resp(status, hdrs, data)
+        r = Resp(status, hdrs, data)
+        r.sent_body = sent_body
+        return r
     except Exception as e:  # noqa: BLE001
         return Resp(None, [], b"", f"{type(e).__name__}: {e}")
 

@@ -7,6 +7,8 @@
 # Run as root from the repo root, no stdin. Installs what it needs with apt-get and pip,
 # runs everything on 127.0.0.1 under a temp dir, stops everything it started on exit, and
 # ends with the line `interop: N passed, M failed`. Exit status 0 only if M is 0.
+# Besides the suite's Sluice it runs two more for the operations scenario (ops.py): "ops"
+# (retention, cap, quota, admin, audit) and "full" (storage on a small tmpfs it mounts).
 # INTEROP_KEEP=1 keeps the temp dir (configs and logs) for inspection.
 set -euo pipefail
 
@@ -14,6 +16,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PYTHONDONTWRITEBYTECODE=1   # ops.py imports client.py: no __pycache__ in the tree
 T0=$(date +%s)
 
 log() { printf '[interop %3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
@@ -22,6 +25,9 @@ die() { log "ERROR: $*"; exit 1; }
 # ----------------------------------------------------------------------------- cleanup
 WORK=""
 SLUICE_PID=""
+OPS_PID=""
+FULL_PID=""
+FULL_MOUNT=""
 PROSODY_PID=""
 EJ_STARTED=""
 POLICY_RC_CREATED=""
@@ -62,10 +68,16 @@ cleanup() {
   [ -n "$PROSODY_PID" ] && stop_pid "$PROSODY_PID" prosody
   stop_ejabberd
   [ -n "$SLUICE_PID" ] && stop_pid "$SLUICE_PID" sluice
+  [ -n "$OPS_PID" ] && stop_pid "$OPS_PID" "sluice (ops)"
+  [ -n "$FULL_PID" ] && stop_pid "$FULL_PID" "sluice (full)"
+  if [ -n "$FULL_MOUNT" ]; then
+    umount "$FULL_MOUNT" 2>/dev/null || umount -l "$FULL_MOUNT" || log "could not unmount $FULL_MOUNT"
+  fi
   [ -n "$POLICY_RC_CREATED" ] && rm -f /usr/sbin/policy-rc.d
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
-      for f in sluice/sluice.log:40 prosody/prosody.log:15 ejabberd/logs/ejabberd.log:15; do
+      for f in sluice/sluice.log:40 ops/sluice.log:20 full/sluice.log:20 prosody/prosody.log:15 \
+               ejabberd/logs/ejabberd.log:15; do
         [ -s "$WORK/${f%:*}" ] || continue
         echo "----- last lines of $WORK/${f%:*}"
         tail -n "${f#*:}" "$WORK/${f%:*}" | sed 's/\x1b\[[0-9;]*m//g'
@@ -144,13 +156,15 @@ log "prosody $PROSODY_VERSION, prosody-modules $(dpkg-query -W -f='${Version}' p
 WORK=$(mktemp -d /tmp/sluice-interop.XXXXXX)
 chmod 755 "$WORK"   # ejabberd runs as its own user and must reach its dir
 mkdir -p "$WORK"/sluice/data "$WORK"/prosody/data "$WORK"/prosody/certs \
-         "$WORK"/ejabberd/spool "$WORK"/ejabberd/logs "$WORK"/ejabberd/upload-docroot
+         "$WORK"/ejabberd/spool "$WORK"/ejabberd/logs "$WORK"/ejabberd/upload-docroot \
+         "$WORK"/ops/data "$WORK"/full/data
 
-read -r SLUICE_PORT PROSODY_C2S_PORT PROSODY_HTTP_PORT EJABBERD_C2S_PORT EJABBERD_DIST_PORT < <(
+read -r SLUICE_PORT PROSODY_C2S_PORT PROSODY_HTTP_PORT EJABBERD_C2S_PORT EJABBERD_DIST_PORT \
+        OPS_PORT OPS_ADMIN_PORT FULL_PORT FULL_ADMIN_PORT < <(
   "$PY" - <<'EOF'
 import socket
 socks = []
-for _ in range(5):
+for _ in range(9):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -158,7 +172,11 @@ print(*(s.getsockname()[1] for s in socks))
 EOF
 )
 SECRET="interop-$("$PY" -c 'import secrets; print(secrets.token_hex(16))')"
+ADMIN_TOKEN="admin-$("$PY" -c 'import secrets; print(secrets.token_hex(16))')"
 SLUICE_BASE_URL="http://127.0.0.1:$SLUICE_PORT/upload"
+OPS_BASE_URL="http://127.0.0.1:$OPS_PORT/ops"   # ejabberd: not the same host+path as another vhost's put_url
+FULL_BASE_URL="http://127.0.0.1:$FULL_PORT/full"
+sha1() { printf '%s' "$1" | sha1sum | cut -d' ' -f1; }
 
 render() {  # render TEMPLATE OUT
   sed -e "s|@WORK@|$WORK|g" \
@@ -169,10 +187,17 @@ render() {  # render TEMPLATE OUT
       -e "s|@PROSODY_HTTP_PORT@|$PROSODY_HTTP_PORT|g" \
       -e "s|@EJABBERD_C2S_PORT@|$EJABBERD_C2S_PORT|g" \
       -e "s|@EJABBERD_DIST_PORT@|$EJABBERD_DIST_PORT|g" \
+      -e "s|@OPS_PORT@|$OPS_PORT|g" -e "s|@OPS_ADMIN_PORT@|$OPS_ADMIN_PORT|g" \
+      -e "s|@FULL_PORT@|$FULL_PORT|g" -e "s|@FULL_ADMIN_PORT@|$FULL_ADMIN_PORT|g" \
+      -e "s|@OPS_BASE_URL@|$OPS_BASE_URL|g" -e "s|@FULL_BASE_URL@|$FULL_BASE_URL|g" \
+      -e "s|@ADMIN_TOKEN@|$ADMIN_TOKEN|g" \
+      -e "s|@DAVE_SHA1@|$(sha1 dave@ops.localhost)|g" -e "s|@ERIN_SHA1@|$(sha1 erin@ops.localhost)|g" \
       "$HERE/$1" > "$2"
   if grep -q '@[A-Z_]*@' "$2"; then die "unfilled placeholder in $2"; fi
 }
 render sluice.toml.in "$WORK/sluice/sluice.toml"
+render sluice-ops.toml.in "$WORK/ops/sluice.toml"
+render sluice-full.toml.in "$WORK/full/sluice.toml"
 render prosody.cfg.lua.in "$WORK/prosody/prosody.cfg.lua"
 render ejabberd.yml.in "$WORK/ejabberd/ejabberd.yml"
 render ejabberdctl.cfg.in "$WORK/ejabberd/ejabberdctl.cfg"
@@ -196,12 +221,11 @@ sys.exit(1)
 EOF
 }
 
-run_client() {  # run_client LABEL ARGS... ; adds to PASSED/FAILED
-  local label=$1; shift
+run_script() {  # run_script LABEL SCRIPT ARGS... ; adds to PASSED/FAILED
+  local label=$1 script=$2; shift 2
   local out="$WORK/client-$label.log" rc=0
   log "client: $label"
-  timeout 300 "$PY" "$HERE/client.py" --label "$label" --secret "$SECRET" \
-      --base-url "$SLUICE_BASE_URL/" "$@" > "$out" 2>&1 || rc=$?
+  timeout 300 "$PY" "$HERE/$script" --label "$label" --secret "$SECRET" "$@" > "$out" 2>&1 || rc=$?
   grep -E '^(PASS|FAIL|SKIP|INFO|     )' "$out" | grep -vE '^INFO .* slot for ' || true
   grep -E '^SCENARIO ' "$out" | sed 's/^SCENARIO /  /' >> "$WORK/summary.txt" || true
   local result p f
@@ -219,12 +243,11 @@ run_client() {  # run_client LABEL ARGS... ; adds to PASSED/FAILED
   if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then FAILED=$((FAILED + 1)); fi
   log "client $label: $result"
 }
+run_client() { local label=$1; shift; run_script "$label" client.py --base-url "$SLUICE_BASE_URL/" "$@"; }
 
 # ----------------------------------------------------------------------------- Sluice
-log "starting sluice: ${SLUICE_CMD[*]} --config $WORK/sluice/sluice.toml (port $SLUICE_PORT)"
-timeout 900 "${SLUICE_CMD[@]}" --config "$WORK/sluice/sluice.toml" > "$WORK/sluice/sluice.log" 2>&1 &
-SLUICE_PID=$!
-"$PY" - "$SLUICE_PORT" "$SLUICE_PID" <<'EOF' || die "sluice did not answer 200 on /health within 30 s"
+wait_health() {  # wait_health PORT PID: until GET /health answers 200 (30 s at most)
+  "$PY" - "$1" "$2" <<'EOF'
 import os, sys, time, urllib.request
 port, pid = sys.argv[1], int(sys.argv[2])
 end = time.time() + 30
@@ -241,6 +264,27 @@ while time.time() < end:
     time.sleep(0.2)
 sys.exit(1)
 EOF
+}
+start_sluice() {  # start_sluice NAME PORT PID_VAR: runs $WORK/NAME/sluice.toml, waits for /health
+  local name=$1 port=$2
+  log "starting sluice: ${SLUICE_CMD[*]} --config $WORK/$name/sluice.toml (port $port)"
+  timeout 900 "${SLUICE_CMD[@]}" --config "$WORK/$name/sluice.toml" > "$WORK/$name/sluice.log" 2>&1 &
+  printf -v "$3" '%s' "$!"
+  wait_health "$port" "$!" || die "sluice ($name) did not answer 200 on /health within 30 s"
+}
+start_sluice sluice "$SLUICE_PORT" SLUICE_PID
+# The operations scenario needs the real binary (`sluice admin`).
+OPS=""
+if [ "${SLUICE_CMD[0]}" = "$SLUICE_BIN" ]; then
+  OPS=1
+  start_sluice ops "$OPS_PORT" OPS_PID
+  if mount -t tmpfs -o size=8m,mode=0755 tmpfs "$WORK/full/data"; then
+    FULL_MOUNT="$WORK/full/data"
+    start_sluice full "$FULL_PORT" FULL_PID
+  else
+    log "cannot mount a tmpfs: the full-disk checks are skipped"
+  fi
+fi
 log "sluice is up"
 
 # ----------------------------------------------------------------------------- Prosody
@@ -248,6 +292,7 @@ log "sluice is up"
 #   upload-v1.localhost  mod_http_upload_external, protocol "v1"
 #   upload-v2.localhost  mod_http_upload_external, protocol "v2"
 #   share.localhost      mod_http_file_share with http_file_share_base_url (JWT)
+# and three more for the operations scenario (ops.py); it runs until that is done.
 PCFG="$WORK/prosody/prosody.cfg.lua"
 timeout 60 prosodyctl --config "$PCFG" register alice localhost alice-pw >/dev/null 2>&1 \
   || die "prosodyctl register failed"
@@ -257,20 +302,35 @@ PROSODY_PID=$!
 wait_port "$PROSODY_C2S_PORT" prosody "$PROSODY_PID" 30
 run_client prosody --jid alice@localhost --password alice-pw --server "127.0.0.1:$PROSODY_C2S_PORT" \
   --service upload-v1.localhost=v1 --service upload-v2.localhost=v2 --service share.localhost=jwt
-stop_pid "$PROSODY_PID" prosody
-PROSODY_PID=""
 
 # ----------------------------------------------------------------------------- ejabberd
 log "starting ejabberd (c2s port $EJABBERD_C2S_PORT)"
 EJ_STARTED=1
 ejabberd_ctl start >/dev/null || die "ejabberdctl start failed"
 EJ_TIMEOUT=90 ejabberd_ctl started >/dev/null || die "ejabberd did not start"
-ejabberd_ctl register bob localhost bob-pw >/dev/null || die "ejabberdctl register failed"
+for u in bob@localhost carol@ops.localhost dave@ops.localhost erin@ops.localhost; do
+  ejabberd_ctl register "${u%@*}" "${u#*@}" "${u%@*}-pw" >/dev/null || die "ejabberdctl register $u failed"
+done
 wait_port "$EJABBERD_C2S_PORT" ejabberd "" 30
 run_client ejabberd --jid bob@localhost --password bob-pw --server "127.0.0.1:$EJABBERD_C2S_PORT" \
   --service upload.localhost=ejabberd
+
+# ----------------------------------------------------------------------------- operations
+# Retention, cap, quota, takedown and a full disk, through both XMPP servers (ops.py).
+if [ -n "$OPS" ]; then
+  run_script ops ops.py --sluice "$SLUICE_BIN" --ops-config "$WORK/ops/sluice.toml" \
+    ${FULL_MOUNT:+--full-config "$WORK/full/sluice.toml"} \
+    --prosody "127.0.0.1:$PROSODY_C2S_PORT" --ejabberd "127.0.0.1:$EJABBERD_C2S_PORT"
+else
+  log "operations scenario skipped (needs the sluice binary)"
+fi
+stop_pid "$PROSODY_PID" prosody
+PROSODY_PID=""
 stop_ejabberd
 
-# Sluice must still be alive after all that.
-kill -0 "$SLUICE_PID" 2>/dev/null || { log "sluice died during the run"; FAILED=$((FAILED + 1)); }
+# The Sluices must still be alive after all that.
+for p in "sluice:$SLUICE_PID" "sluice (ops):$OPS_PID" "sluice (full):$FULL_PID"; do
+  [ -n "${p#*:}" ] || continue
+  kill -0 "${p#*:}" 2>/dev/null || { log "${p%%:*} died during the run"; FAILED=$((FAILED + 1)); }
+done
 exit 0

@@ -205,6 +205,28 @@ async fn takedown_is_410_at_once_even_from_the_hot_cache_and_the_path_is_never_r
 }
 
 #[tokio::test]
+async fn plain_removal_frees_the_space_and_the_path() {
+    let s = TestServer::start_with(with_admin).await;
+    assert_eq!(s.put("k/big.bin", vec![7; 4096]).await, StatusCode::CREATED);
+    assert_eq!(s.get_bytes("k/big.bin").await.1, vec![7; 4096]);
+    let (st, v) = admin(
+        &s,
+        reqwest::Method::DELETE,
+        "/files/k/big.bin?keep_path=1&reason=space",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // Gone, but not taken down: 404, and the path takes a new upload.
+    assert_eq!(status_of(&s, "k/big.bin").await, StatusCode::NOT_FOUND);
+    assert!(!s.files_dir().join("k/big.bin").exists());
+    assert_eq!(s.put("k/big.bin", vec![8; 10]).await, StatusCode::CREATED);
+    assert_eq!(
+        s.metric("sluice_deletions_total{reason=\"removed\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn erase_removes_every_file_of_one_uploader_only() {
     let s = TestServer::start_with(with_admin).await;
     for i in 0..5 {

@@ -115,9 +115,17 @@ impl TestServer {
                 certs: sluice::server::tls::CertStore::open(&cert, &key).unwrap(),
             })
             .collect();
+        let unix = state
+            .config
+            .server
+            .unix_listen
+            .iter()
+            .map(|p| sluice::server::unix::bind(p, 0o660, None).unwrap())
+            .collect();
         let listeners = sluice::server::Listeners {
             plain: vec![listener],
             tls,
+            unix,
             admin,
         };
         let task = tokio::spawn(sluice::server::serve(

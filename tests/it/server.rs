@@ -339,3 +339,35 @@ async fn client_that_stops_reading_is_cut_off_and_buffers_return() {
     assert_eq!(s.metric("sluice_pool_in_use_bytes").await, 0.0);
     drop(c);
 }
+
+#[tokio::test]
+async fn unix_socket_listener_serves_a_local_proxy() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
+    let sock_dir = tempfile::tempdir().unwrap();
+    let path = sock_dir.path().join("sluice.sock");
+    // A stale socket file from an earlier run (nobody answers on it) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let p2 = path.clone();
+    let s = TestServer::start_with(move |c| c.server.unix_listen = vec![p2]).await;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let body = data(50_000, 11);
+    let url = s.put_v1("ux/a.bin", body.len() as u64);
+    let pq = url.split_once(&s.addr.to_string()).unwrap().1.to_owned();
+    let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
+    c.write_all(
+        format!("PUT {pq} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+    )
+    .await
+    .unwrap();
+    c.write_all(&body).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(T, c.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    // The same file is served on TCP; a second instance cannot take the live socket.
+    assert_eq!(s.get_bytes("ux/a.bin").await.1, body);
+    assert!(sluice::server::unix::bind(&path, 0o660, None).is_err());
+}
