@@ -571,7 +571,9 @@ impl Config {
     /// Cross-field checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.server.listen.is_empty() && self.tls.is_empty() && self.server.unix_listen.is_empty()
+        if self.server.listen.is_empty()
+            && self.tls.is_empty()
+            && self.server.unix_listen.is_empty()
         {
             return bad(
                 "server.listen, server.unix_listen or [[tls]] must name at least one address"

@@ -470,12 +470,7 @@ fn peer_label(p: Option<SocketAddr>) -> String {
 /// A listening socket: TCP (the peer has an address; `TCP_NODELAY` is set) or a unix socket
 /// (a local reverse proxy; no address).
 pub trait Acceptor: Send + Sync + 'static {
-    type Stream: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + io::Abort
-        + Unpin
-        + Send
-        + 'static;
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + io::Abort + Unpin + Send + 'static;
     fn accept_conn(
         &self,
     ) -> impl Future<Output = std::io::Result<(Self::Stream, Option<SocketAddr>)>> + Send;

@@ -358,13 +358,20 @@ async fn unix_socket_listener_serves_a_local_proxy() {
     let pq = url.split_once(&s.addr.to_string()).unwrap().1.to_owned();
     let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
     c.write_all(
-        format!("PUT {pq} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+        format!(
+            "PUT {pq} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
     c.write_all(&body).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(T, c.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(T, c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
     // The same file is served on TCP; a second instance cannot take the live socket.
