@@ -33,6 +33,7 @@ pub mod download;
 pub mod engine;
 pub mod error;
 pub mod metrics;
+pub mod migrate;
 pub mod ops;
 pub mod response;
 pub mod router;

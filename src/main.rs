@@ -34,6 +34,16 @@ enum Command {
         /// File to check (defaults to --config).
         path: Option<PathBuf>,
     },
+    /// Print a Sluice configuration equivalent to an hmac-file-server configuration; every key
+    /// without an equivalent becomes a comment saying why.
+    MigrateConfig {
+        /// The hmac-file-server config file (TOML).
+        input: PathBuf,
+        /// Write the result to this file instead of stdout (created with mode 0600: it may hold
+        /// the secret).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Talk to the admin API: list, stats, delete (takedown), erase, sweep.
     Admin(sluice::admin::cli::AdminArgs),
     /// Exit 0 if the server answers GET /health (for container HEALTHCHECKs).
@@ -61,6 +71,7 @@ fn main() -> Result<()> {
             eprintln!("config OK");
             Ok(())
         }
+        Command::MigrateConfig { input, output } => migrate_config(&input, output.as_deref()),
         Command::Healthcheck { addr } => {
             let addr = match addr {
                 Some(a) => a,
@@ -99,6 +110,34 @@ fn main() -> Result<()> {
                 .block_on(serve(settings))
         }
     }
+}
+
+fn migrate_config(input: &std::path::Path, output: Option<&std::path::Path>) -> Result<()> {
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("cannot read {}", input.display()))?;
+    let m = match sluice::migrate::migrate(&text) {
+        Err(sluice::migrate::MigrateError::Invalid { reason, config }) => {
+            eprint!("{config}");
+            bail!("the migrated config does not validate ({reason}); please report this");
+        }
+        r => r?,
+    };
+    match output {
+        Some(path) => {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            opts.open(path)
+                .and_then(|mut f| f.write_all(m.config.as_bytes()))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        None => print!("{}", m.config),
+    }
+    for note in &m.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(())
 }
 
 /// Listening sockets handed over by systemd socket activation (or any parent that follows

@@ -488,6 +488,8 @@ async fn append(
     if content_length.is_some_and(|n| n > remaining) {
         return Err(over_limit(version, known.is_some(), remaining));
     }
+    // RFC 9530: a Content-Digest describes this request's bytes (the draft's §"Integrity").
+    let check = super::content_digest_check(req.headers())?;
     let appended = store
         .append(
             &state.engine,
@@ -496,7 +498,7 @@ async fn append(
             req.into_body(),
             content_length,
             remaining,
-            None,
+            check,
             &client,
         )
         .await;
@@ -665,7 +667,9 @@ async fn create(
         })
         .await?;
     let client = crate::router::client_of(state, &req);
+    let check = super::content_digest_check(req.headers());
     let filled: Result<SessionMeta, Failure> = async {
+        let check = check?;
         let mut guard = store.acquire(&session, true).await;
         let body = req.into_body();
         let appended = store
@@ -676,7 +680,7 @@ async fn create(
                 body,
                 content_length,
                 limit,
-                None,
+                check,
                 &client,
             )
             .await;

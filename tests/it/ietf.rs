@@ -910,3 +910,36 @@ async fn offset_mismatch_is_409_with_the_right_offset_in_every_version() {
         }
     }
 }
+
+// RFC 9530 ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn append_with_a_wrong_content_digest_is_400_and_discarded() {
+    use base64::Engine as _;
+    use sha2::Digest;
+    let s = server().await;
+    let body = data(3_000, 21);
+    let url = start(&s, 8, "dig/a.bin", body.len() as u64, &body[..1_000]).await;
+    let field = |b: &[u8]| {
+        format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b))
+        )
+    };
+    let (k, v) = completeness(8, true);
+    let append = |digest: String| {
+        req(&s, Method::PATCH, &url, 8)
+            .header(k, v)
+            .header("upload-offset", "1000")
+            .header("content-type", PARTIAL)
+            .header("content-digest", digest)
+            .body(body[1_000..].to_vec())
+    };
+    let r = append(field(&body[..10])).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = req(&s, Method::HEAD, &url, 8).send().await.unwrap();
+    assert_eq!(r.headers()["upload-offset"], "1000");
+    let r = append(field(&body[1_000..])).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(s.get_bytes("dig/a.bin").await.1, body);
+}

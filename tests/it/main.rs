@@ -10,6 +10,7 @@ mod download;
 mod engine;
 mod hardening;
 mod ietf;
+mod migrate;
 mod ops;
 mod put;
 mod resumable;
