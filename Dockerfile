@@ -7,7 +7,7 @@
 #       -e SLUICE_SECRET="$(openssl rand -hex 32)" --stop-timeout 40 sluice
 #
 # The image runs as uid 10001, stores files in the /data volume and reads
-# /etc/sluice/config.toml (docker/config.toml); mount another file there to change it.
+# /etc/sluice/config.toml (config/docker.toml); mount another file there to change it.
 
 # ---------------------------------------------------------------------------- build
 FROM rust:1-slim-bookworm AS builder
@@ -29,7 +29,7 @@ RUN groupadd --system --gid 10001 sluice \
     && chown 10001:10001 /data \
     && chmod 0700 /data
 COPY --from=builder /usr/local/bin/sluice /usr/local/bin/sluice
-COPY docker/config.toml /etc/sluice/config.toml
+COPY config/docker.toml /etc/sluice/config.toml
 # Plain log lines (no ANSI colours) for `docker logs`.
 ENV SLUICE_LOG=info NO_COLOR=1
 VOLUME ["/data"]

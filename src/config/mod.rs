@@ -15,7 +15,10 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 mod ops;
-pub use ops::{AdminConfig, AuditConfig, QuotaAction, QuotaConfig, RetentionConfig, RetentionRule};
+pub use ops::{
+    AdminConfig, AuditConfig, QuotaAction, QuotaConfig, RateLimitConfig, RetentionConfig,
+    RetentionRule,
+};
 
 /// The embedded default configuration, used when `--config` is not given.
 pub const EMBEDDED_DEFAULT: &str = r#"
@@ -55,6 +58,7 @@ pub struct Config {
     pub resumable: ResumableConfig,
     pub retention: RetentionConfig,
     pub quota: QuotaConfig,
+    pub rate_limit: RateLimitConfig,
     pub admin: AdminConfig,
     pub audit: AuditConfig,
     /// HTTPS listeners (`[[tls]]`), each with its certificate chain and key.

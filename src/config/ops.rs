@@ -138,6 +138,41 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[rate_limit]`: token buckets per client address (IPv6 by /64) and per uploader. Each
+/// `*_per_minute` is the long-run rate and `*_burst` what may come at once; 0 turns one off.
+/// The defaults never bother a normal chat user (nor an office behind one address).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub uploads_per_minute: u32,
+    pub uploads_burst: u32,
+    pub uploader_uploads_per_minute: u32,
+    pub uploader_uploads_burst: u32,
+    pub creations_per_minute: u32,
+    pub creations_burst: u32,
+    pub uploader_creations_per_minute: u32,
+    pub uploader_creations_burst: u32,
+    pub downloads_per_minute: u32,
+    pub downloads_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            uploads_per_minute: 120,
+            uploads_burst: 60,
+            uploader_uploads_per_minute: 60,
+            uploader_uploads_burst: 30,
+            creations_per_minute: 120,
+            creations_burst: 60,
+            uploader_creations_per_minute: 60,
+            uploader_creations_burst: 30,
+            downloads_per_minute: 3000,
+            downloads_burst: 1000,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

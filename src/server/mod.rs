@@ -28,6 +28,9 @@ use crate::state::AppState;
 
 const H2_STREAM_SEND_BUF: usize = 128 * 1024;
 
+/// How long, at shutdown, connections accepted just before get to send their request.
+const JUST_ACCEPTED_GRACE: Duration = Duration::from_millis(250);
+
 fn builder(state: &AppState) -> auto::Builder<TokioExecutor> {
     let cfg = &state.config.server;
     let max_header = usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX);
@@ -190,9 +193,8 @@ where
             tracker.clone(),
         ));
     }
-    if !stores.is_empty() {
-        tracker.spawn(cert_reload_loop(stores, state.clone(), stop.clone()));
-    }
+    // Always: SIGHUP must never end the process (its default action), TLS or not.
+    tracker.spawn(cert_reload_loop(stores, state.clone(), stop.clone()));
     shutdown.await;
     tracing::info!("shutdown requested: no longer accepting connections");
     stop.cancel();
@@ -457,6 +459,11 @@ async fn accept_loop<L: Acceptor>(
     // Stop accepting; let this listener's connections finish within the grace period.
     drop(listener);
     let grace = state.config.server.shutdown_grace;
+    // A connection accepted a moment ago has not had its request read yet, and hyper's
+    // graceful shutdown would close it unanswered: give such clients a moment to send it (it
+    // is then served and the connection closed after the response). With the listening socket
+    // held by systemd, clients that connect meanwhile wait in the backlog for the next process.
+    tokio::time::sleep(JUST_ACCEPTED_GRACE.min(grace)).await;
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!("listener's connections closed"),
         _ = tokio::time::sleep(grace) => {}
