@@ -164,7 +164,9 @@ impl Default for ServerConfig {
             max_connections_per_client: 256,
             connection_cap_exempt: vec![
                 ipnet::IpNet::V4(
-                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8).unwrap_or_default(),
+                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8)
+                        .unwrap_or_default()
+                        .trunc(),
                 ),
                 ipnet::IpNet::V6(
                     ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default(),
@@ -652,7 +654,19 @@ impl Config {
         {
             return bad("admin.listen must differ from every server.listen address".into());
         }
+        for k in &self.auth.keys {
+            if k.secret.as_ref().is_some_and(|s| s.len() < 16) {
+                return bad(format!(
+                    "auth.keys {:?}: secret must be at least 16 bytes",
+                    k.id
+                ));
+            }
+        }
         for (i, t) in self.tls.iter().enumerate() {
+            // Port 0 (pick any) never clashes.
+            if t.listen.port() == 0 {
+                continue;
+            }
             if self.server.listen.contains(&t.listen)
                 || self.tls[..i].iter().any(|o| o.listen == t.listen)
                 || self.admin.listen == Some(t.listen)

@@ -431,6 +431,16 @@ async fn accept_loop<L: Acceptor>(
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                             Ok(Ok(tls)) => {
+                                // The timer under TLS saw the handshake; this one sees the
+                                // first request (a silent client after the handshake).
+                                let tls = io::FirstRead::new(
+                                    tls,
+                                    handshake_timeout,
+                                    state
+                                        .metrics
+                                        .connections_closed
+                                        .with_label_values(&["first_bytes"]),
+                                );
                                 let conn = builder
                                     .serve_connection(TokioIo::new(tls), svc)
                                     .into_owned();

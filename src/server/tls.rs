@@ -34,8 +34,9 @@ pub struct CertStore {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    /// Modification times the current key was loaded from.
-    loaded: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    /// The file versions last tried (loaded, or refused: a broken renewal is reported once,
+    /// not at every check).
+    tried: Mutex<(Stamp, Stamp)>,
 }
 
 fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
@@ -45,8 +46,14 @@ fn file_err(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     }
 }
 
-fn mtime(p: &Path) -> Option<SystemTime> {
-    p.metadata().and_then(|m| m.modified()).ok()
+/// What identifies a version of a file: device, inode, size and modification time (a
+/// renewal replaced with the old timestamp, `cp -p` or `touch -r`, is still a new inode).
+type Stamp = Option<(u64, u64, u64, SystemTime)>;
+
+fn stamp(p: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = p.metadata().ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.modified().ok()?))
 }
 
 fn load(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
@@ -69,32 +76,32 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
 impl CertStore {
     /// Load the chain and key (refused if they do not parse or do not match).
     pub fn open(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
-        let stamps = (mtime(cert_path), mtime(key_path));
+        let stamps = (stamp(cert_path), stamp(key_path));
         let ck = load(cert_path, key_path)?;
         Ok(Arc::new(Self {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
             current: ArcSwap::from_pointee(ck),
-            loaded: Mutex::new(stamps),
+            tried: Mutex::new(stamps),
         }))
     }
 
     /// Load the files again and use them for new handshakes. On error the running
     /// certificate stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let stamps = (mtime(&self.cert_path), mtime(&self.key_path));
+        let stamps = (stamp(&self.cert_path), stamp(&self.key_path));
+        if let Ok(mut t) = self.tried.lock() {
+            *t = stamps;
+        }
         let ck = load(&self.cert_path, &self.key_path)?;
         self.current.store(Arc::new(ck));
-        if let Ok(mut l) = self.loaded.lock() {
-            *l = stamps;
-        }
         Ok(())
     }
 
-    /// Reload if either file changed since the last load. `Ok(true)` when reloaded.
+    /// Reload if either file changed since the last attempt. `Ok(true)` when reloaded.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = (mtime(&self.cert_path), mtime(&self.key_path));
-        let changed = self.loaded.lock().map(|l| *l != now).unwrap_or(true);
+        let now = (stamp(&self.cert_path), stamp(&self.key_path));
+        let changed = self.tried.lock().map(|t| *t != now).unwrap_or(true);
         if !changed {
             return Ok(false);
         }

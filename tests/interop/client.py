@@ -10,9 +10,14 @@ gets 409, and runs a few negative checks (bad MAC, wrong size, truncated body, n
 Every check prints one line `PASS ...`, `FAIL ...` or `SKIP ...`; the last line is
 `RESULT {"passed": N, "failed": N, "skipped": N}`. Exit status 0 only if nothing failed.
 
+An https base URL is used over TLS, always verified (certificate chain and host name) against
+`--cafile` (the suite's throwaway CA) or else the system trust store; a first check is the
+handshake itself.
+
     client.py --jid alice@localhost --password pw --server 127.0.0.1:5222 \
         --secret S --base-url http://127.0.0.1:5050/upload/ \
         --service upload-v1.localhost=v1 --service share.localhost=jwt
+    client.py ... --base-url https://localhost:5443/upload/ --cafile W/tls/ca.pem ...
 """
 import argparse
 import asyncio
@@ -25,6 +30,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import sys
 import time
 import urllib.parse
@@ -114,19 +120,59 @@ class Resp:
         return f"HTTP {self.status} [{hdrs}] body={self.body[:200]!r}"
 
 
+# ---- TLS: https URLs are always verified (CERT_REQUIRED and the host name), against the CA
+# given with --cafile (set_cafile) or else the system's trust store; never without verification.
+_TLS_CAFILE = None
+
+
+def set_cafile(path):
+    """Verify https URLs against this CA file only (the suite's throwaway CA)."""
+    global _TLS_CAFILE
+    _TLS_CAFILE = path
+
+
+def tls_context(cafile=None, alpn=("http/1.1",), default_store=False):
+    """A verifying client context: `cafile` (else set_cafile's, else the system store)."""
+    cafile = None if default_store else (cafile or _TLS_CAFILE)
+    ctx = ssl.create_default_context(cafile=cafile)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    # create_default_context does this already; refuse to go on if anything turned it off.
+    if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
+        raise RuntimeError("TLS context does not verify the certificate")
+    return ctx
+
+
 def request_target(url):
+    """(host, port, target, https) of a URL; the target percent-encoded as clients send it."""
     u = urllib.parse.urlsplit(url)
     target = u.path or "/"
     if u.query:
         target += "?" + u.query
-    return u.hostname, u.port or 80, urllib.parse.quote(target, safe=URL_SAFE)
+    https = u.scheme == "https"
+    return u.hostname, u.port or (443 if https else 80), urllib.parse.quote(target, safe=URL_SAFE), https
+
+
+def connect(host, port, https, timeout):
+    """A TCP connection, wrapped in verified TLS for https."""
+    s = socket.create_connection((host, port), timeout=timeout)
+    if not https:
+        return s
+    try:
+        return tls_context().wrap_socket(s, server_hostname=host)
+    except BaseException:
+        s.close()
+        raise
 
 
 def http_req(method, url, body=None, headers=(), timeout=60):
-    """One HTTP/1.1 request with exactly the headers given (plus Host)."""
-    host, port, target = request_target(url)
+    """One HTTP/1.1 request with exactly the headers given (plus Host); https verified."""
+    host, port, target, https = request_target(url)
     try:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        if https:
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
         conn.putrequest(method, target, skip_accept_encoding=True)
         for k, v in headers:
             conn.putheader(k, v)
@@ -164,9 +210,9 @@ def _read_head(f):
 def expect_put(url, headers, body, timeout=30):
     """PUT with `Expect: 100-continue` (what curl does for big bodies): the body is sent only
     after `100 Continue`; a final status before that ends the request."""
-    host, port, target = request_target(url)
+    host, port, target, https = request_target(url)
     try:
-        s = socket.create_connection((host, port), timeout=timeout)
+        s = connect(host, port, https, timeout)
         f = s.makefile("rb")
         head = f"PUT {target} HTTP/1.1\r\nHost: {host}:{port}\r\nExpect: 100-continue\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "Connection: close\r\n\r\n"
@@ -190,12 +236,22 @@ def expect_put(url, headers, body, timeout=30):
 
 
 def truncated_put(url, headers, declared, sent, timeout=15):
-    """PUT declaring `declared` bytes but sending only `sent`, then half-close."""
-    host, port, target = request_target(url)
+    """PUT declaring `declared` bytes but sending only `sent`, then half-close (over TLS:
+    close_notify, then the TCP half-close)."""
+    host, port, target, https = request_target(url)
+    head = f"PUT {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {declared}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "Connection: close\r\n\r\n"
+    if https:
+        try:
+            data = tls_half_close(host, port, head.encode("latin-1") + os.urandom(sent), timeout)
+        except Exception as e:  # noqa: BLE001
+            return Resp(None, [], b"", f"{type(e).__name__}: {e}")
+        if not data:
+            return Resp(None, [], b"", "connection closed without a response")
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+        return Resp(int(m.group(1)) if m else None, [], data[:300])
     try:
         s = socket.create_connection((host, port), timeout=timeout)
-        head = f"PUT {target} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {declared}\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "Connection: close\r\n\r\n"
         s.sendall(head.encode("latin-1") + os.urandom(sent))
         s.shutdown(socket.SHUT_WR)
         data = b""
@@ -211,6 +267,63 @@ def truncated_put(url, headers, declared, sent, timeout=15):
         return Resp(None, [], b"", "connection closed without a response")
     m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
     return Resp(int(m.group(1)) if m else None, [], data[:300])
+
+
+def tls_half_close(host, port, data, timeout):
+    """Over verified TLS: send `data`, then close_notify and a TCP half-close (what a client
+    that gives up sends); returns the plaintext received until the server closes. Done with
+    memory BIOs: ssl.SSLSocket cannot half-close and still read."""
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = tls_context().wrap_bio(inc, out, server_hostname=host)
+
+        def flush():
+            b = out.read()
+            if b:
+                raw.sendall(b)
+
+        def pump():
+            b = raw.recv(65536)
+            if b:
+                inc.write(b)
+            else:
+                inc.write_eof()
+            return bool(b)
+
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                flush()
+                if not pump():
+                    raise ConnectionError("closed during the TLS handshake")
+        flush()
+        obj.write(data)
+        flush()
+        try:
+            obj.unwrap()  # sends close_notify; the peer's comes later (or never)
+        except ssl.SSLWantReadError:
+            pass
+        flush()
+        raw.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            try:
+                chunk = obj.read(65536)
+            except ssl.SSLWantReadError:
+                if not pump():
+                    break
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got
+    finally:
+        raw.close()
 
 
 def payload(n, seed):
@@ -501,8 +614,29 @@ async def run_service(xmpp, res, service, kind, args):
         res.fail(f"{tag} negative checks: slot request failed", repr(e))
 
 
+def check_tls_endpoint(res, base_url):
+    """The https base URL's server presents a certificate that verifies (against --cafile)."""
+    host, port, _, _ = request_target(base_url)
+    try:
+        with socket.create_connection((host, port), timeout=10) as s:
+            with tls_context(alpn=("h2", "http/1.1")).wrap_socket(s, server_hostname=host) as t:
+                cert = t.getpeercert()
+                detail = (f"{t.version()}, ALPN {t.selected_alpn_protocol()}, subject "
+                          f"{dict(x[0] for x in cert.get('subject', ()))}, issuer "
+                          f"{dict(x[0] for x in cert.get('issuer', ()))}")
+        ok = bool(cert)  # getpeercert() is empty unless the certificate was verified
+    except Exception as e:  # noqa: BLE001
+        ok, detail = False, f"{type(e).__name__}: {e}"
+    res.check(ok, f"TLS: {host}:{port} presents a certificate verified against "
+              f"{_TLS_CAFILE or 'the system trust store'} (host name checked)", detail, show=True)
+
+
 async def main_async(args):
     res = Results(args.label)
+    if urllib.parse.urlsplit(args.base_url).scheme == "https":
+        res.scope = "TLS"
+        check_tls_endpoint(res, args.base_url)
+        res.scope = "login+discovery"
     expected = dict(s.split("=", 1) for s in args.service)
     xmpp = Client(args.jid, args.password)
     host, port = args.server.rsplit(":", 1)
@@ -535,10 +669,13 @@ def main():
     ap.add_argument("--secret", required=True, help="shared secret, to check slot signatures")
     ap.add_argument("--base-url", required=True, help="Sluice upload base URL the XMPP server signs under")
     ap.add_argument("--service", action="append", default=[], help="JID=KIND, KIND in v1|v2|jwt|ejabberd")
+    ap.add_argument("--cafile", help="CA to verify https URLs against (default: the system store)")
     ap.add_argument("--label", default="interop")
     ap.add_argument("--timeout", type=float, default=20)
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args()
+    if args.cafile:
+        set_cafile(args.cafile)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR,
                         format="%(levelname)s %(name)s %(message)s")
     loop = asyncio.new_event_loop()

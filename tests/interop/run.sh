@@ -9,6 +9,9 @@
 # ends with the line `interop: N passed, M failed`. Exit status 0 only if M is 0.
 # Besides the suite's Sluice it runs two more for the operations scenario (ops.py): "ops"
 # (retention, cap, quota, admin, audit) and "full" (storage on a small tmpfs it mounts).
+# The suite's Sluice also has an HTTPS listener ([[tls]]) with a certificate from a throwaway
+# CA made here with openssl, for the HTTPS scenario (client.py over https, then tls.py:
+# ALPN, verification, certificate renewals and SIGHUP).
 # INTEROP_KEEP=1 keeps the temp dir (configs and logs) for inspection.
 set -euo pipefail
 
@@ -108,7 +111,7 @@ esac
 
 # Exact versions the suite was written against (client.py uses slixmpp's connection flags).
 PY_PACKAGES=(slixmpp==1.17.0 aiohttp==3.14.5)
-DEB_PACKAGES=(prosody prosody-modules ejabberd python3-venv)
+DEB_PACKAGES=(prosody prosody-modules ejabberd python3-venv openssl curl)
 VENV="$REPO/target/interop-venv"
 
 # ----------------------------------------------------------------------------- install
@@ -133,7 +136,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     || die "apt-get install ${missing[*]} failed"
   if [ -n "$POLICY_RC_CREATED" ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=""; fi
 fi
-for c in prosody prosodyctl ejabberdctl; do command -v "$c" >/dev/null || die "$c not found after install"; done
+for c in prosody prosodyctl ejabberdctl openssl curl; do command -v "$c" >/dev/null || die "$c not found after install"; done
 [ -f /usr/lib/prosody/modules/mod_http_upload_external/mod_http_upload_external.lua ] \
   || die "mod_http_upload_external (prosody-modules) not found"
 
@@ -157,14 +160,14 @@ WORK=$(mktemp -d /tmp/sluice-interop.XXXXXX)
 chmod 755 "$WORK"   # ejabberd runs as its own user and must reach its dir
 mkdir -p "$WORK"/sluice/data "$WORK"/prosody/data "$WORK"/prosody/certs \
          "$WORK"/ejabberd/spool "$WORK"/ejabberd/logs "$WORK"/ejabberd/upload-docroot \
-         "$WORK"/ops/data "$WORK"/full/data
+         "$WORK"/ops/data "$WORK"/full/data "$WORK"/tls/live "$WORK"/tls/archive
 
 read -r SLUICE_PORT PROSODY_C2S_PORT PROSODY_HTTP_PORT EJABBERD_C2S_PORT EJABBERD_DIST_PORT \
-        OPS_PORT OPS_ADMIN_PORT FULL_PORT FULL_ADMIN_PORT < <(
+        OPS_PORT OPS_ADMIN_PORT FULL_PORT FULL_ADMIN_PORT TLS_PORT < <(
   "$PY" - <<'EOF'
 import socket
 socks = []
-for _ in range(9):
+for _ in range(10):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -176,6 +179,7 @@ ADMIN_TOKEN="admin-$("$PY" -c 'import secrets; print(secrets.token_hex(16))')"
 SLUICE_BASE_URL="http://127.0.0.1:$SLUICE_PORT/upload"
 OPS_BASE_URL="http://127.0.0.1:$OPS_PORT/ops"   # ejabberd: not the same host+path as another vhost's put_url
 FULL_BASE_URL="http://127.0.0.1:$FULL_PORT/full"
+TLS_BASE_URL="https://localhost:$TLS_PORT/upload"   # the suite's Sluice, [[tls]] listener
 sha1() { printf '%s' "$1" | sha1sum | cut -d' ' -f1; }
 
 render() {  # render TEMPLATE OUT
@@ -191,10 +195,51 @@ render() {  # render TEMPLATE OUT
       -e "s|@FULL_PORT@|$FULL_PORT|g" -e "s|@FULL_ADMIN_PORT@|$FULL_ADMIN_PORT|g" \
       -e "s|@OPS_BASE_URL@|$OPS_BASE_URL|g" -e "s|@FULL_BASE_URL@|$FULL_BASE_URL|g" \
       -e "s|@ADMIN_TOKEN@|$ADMIN_TOKEN|g" \
+      -e "s|@TLS_PORT@|$TLS_PORT|g" -e "s|@TLS_BASE_URL@|$TLS_BASE_URL|g" \
       -e "s|@DAVE_SHA1@|$(sha1 dave@ops.localhost)|g" -e "s|@ERIN_SHA1@|$(sha1 erin@ops.localhost)|g" \
       "$HERE/$1" > "$2"
   if grep -q '@[A-Z_]*@' "$2"; then die "unfilled placeholder in $2"; fi
 }
+# ----------------------------------------------------------------------------- certificates
+# A throwaway CA and three leaves for localhost + 127.0.0.1 (each its own key and serial):
+#   1  the certificate Sluice starts with (EC P-256, SEC1 key), copied to tls/live/
+#   2  the first renewal (RSA 2048, PKCS#8 key, CN "localhost renewal 2"): tls.py writes it
+#      over tls/live/ (write + rename), after a refused half-renewal (cert 2, key 1)
+#   3  the second renewal (EC P-256, PKCS#8, CN "localhost renewal 3"), certbot-style: the
+#      live/ names become symlinks to archive/ files
+# Files: tls/ca.pem; tls/archive/{fullchain,privkey}N.pem (fullchain = leaf + CA).
+TLS="$WORK/tls"
+tls_leaf() {  # tls_leaf N CN KEYKIND(ec-sec1|rsa|ec)
+  local n=$1 cn=$2 key="$TLS/archive/privkey$1.pem"
+  case "$3" in
+    ec-sec1) openssl ecparam -name prime256v1 -genkey -noout -out "$key" ;;
+    rsa) openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$key" ;;
+    ec) openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$key" ;;
+  esac
+  openssl req -new -key "$key" -subj "/CN=$cn" -out "$TLS/leaf$n.csr"
+  openssl x509 -req -in "$TLS/leaf$n.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" \
+    -set_serial "0x$(openssl rand -hex 12)" -days 2 -sha256 -extfile "$TLS/leaf.ext" \
+    -out "$TLS/archive/cert$n.pem"
+  cat "$TLS/archive/cert$n.pem" "$TLS/ca.pem" > "$TLS/archive/fullchain$n.pem"
+}
+{
+  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$TLS/ca.key" -out "$TLS/ca.pem" -days 2 -sha256 \
+    -subj "/CN=Sluice interop throwaway CA $(date +%s)" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+    "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" \
+    "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid" > "$TLS/leaf.ext"
+  tls_leaf 1 localhost ec-sec1
+  tls_leaf 2 "localhost renewal 2" rsa
+  tls_leaf 3 "localhost renewal 3" ec
+  for n in 1 2 3; do openssl verify -CAfile "$TLS/ca.pem" "$TLS/archive/cert$n.pem"; done
+} > "$TLS/openssl.log" 2>&1 || { cat "$TLS/openssl.log"; die "making the test certificates failed"; }
+cp "$TLS/archive/fullchain1.pem" "$TLS/live/fullchain.pem"
+cp "$TLS/archive/privkey1.pem" "$TLS/live/privkey.pem"
+chmod 600 "$TLS"/ca.key "$TLS"/archive/privkey*.pem "$TLS/live/privkey.pem"
+log "test CA and certificates made in $TLS ($(openssl x509 -in "$TLS/archive/cert1.pem" -noout -serial))"
+
 render sluice.toml.in "$WORK/sluice/sluice.toml"
 render sluice-ops.toml.in "$WORK/ops/sluice.toml"
 render sluice-full.toml.in "$WORK/full/sluice.toml"
@@ -302,6 +347,30 @@ PROSODY_PID=$!
 wait_port "$PROSODY_C2S_PORT" prosody "$PROSODY_PID" 30
 run_client prosody --jid alice@localhost --password alice-pw --server "127.0.0.1:$PROSODY_C2S_PORT" \
   --service upload-v1.localhost=v1 --service upload-v2.localhost=v2 --service share.localhost=jwt
+
+# ----------------------------------------------------------------------------- HTTPS
+# Sluice's own TLS listener: scenarios 2 and 3 again with https base URLs (verified against
+# the test CA), then tls.py: ALPN, verification failures, renewals, SIGHUP.
+if [ "${SLUICE_CMD[0]}" = "$SLUICE_BIN" ]; then
+  run_script prosody-tls client.py --base-url "$TLS_BASE_URL/" --cafile "$TLS/ca.pem" \
+    --jid alice@localhost --password alice-pw --server "127.0.0.1:$PROSODY_C2S_PORT" \
+    --service upload-tls.localhost=v2 --service share-tls.localhost=jwt
+  # The Sluice process itself (SLUICE_PID is its `timeout` wrapper), for the SIGHUP.
+  SLUICE_MAIN_PID=$(cat "/proc/$SLUICE_PID/task/$SLUICE_PID/children" 2>/dev/null || pgrep -P "$SLUICE_PID" || true)
+  SLUICE_MAIN_PID=${SLUICE_MAIN_PID%% *}
+  exe=$(readlink "/proc/${SLUICE_MAIN_PID:-0}/exe" 2>/dev/null || true)
+  if [ "${exe% (deleted)}" = "$SLUICE_BIN" ]; then   # "(deleted)": rebuilt during the run
+    run_script tls tls.py --base-url "$TLS_BASE_URL/" --tls-dir "$TLS" --sluice-pid "$SLUICE_MAIN_PID" \
+      --sluice-log "$WORK/sluice/sluice.log" --sluice-config "$WORK/sluice/sluice.toml" \
+      --metrics-url "http://127.0.0.1:$SLUICE_PORT/metrics" \
+      --prosody "127.0.0.1:$PROSODY_C2S_PORT"
+  else
+    log "cannot find the sluice process under its timeout wrapper ($SLUICE_PID): tls.py not run"
+    FAILED=$((FAILED + 1))
+  fi
+else
+  log "HTTPS scenario skipped (needs the sluice binary)"
+fi
 
 # ----------------------------------------------------------------------------- ejabberd
 log "starting ejabberd (c2s port $EJABBERD_C2S_PORT)"

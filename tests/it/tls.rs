@@ -267,3 +267,33 @@ async fn silent_client_on_the_tls_port_is_closed() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn silent_client_after_the_handshake_is_closed() {
+    let ca = TestCa::new();
+    ca.issue("first");
+    let tls = ca.tls_config();
+    let s = TestServer::start_with(|c| {
+        c.tls = vec![tls];
+        c.server.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    for alpn in [
+        &[b"h2".as_slice()][..],
+        &[b"http/1.1".as_slice()][..],
+        &[][..],
+    ] {
+        let mut c = connect(s.tls_addrs[0], client_config(&ca.ca_file(), alpn)).await;
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(T, c.read_to_end(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?} open for {:?}",
+            alpn,
+            started.elapsed()
+        );
+    }
+}
