@@ -54,7 +54,7 @@ pub async fn handle(
 /// What `prepare` established before any body byte is read.
 struct Prepared {
     path: StoredPath,
-    staged: crate::storage::Staged,
+    staged: crate::storage::StagedFile,
     len: u64,
     max: u64,
     grant: crate::auth::Grant,
