@@ -175,7 +175,7 @@ async fn serve(settings: Settings) -> Result<()> {
     let addrs = settings.config.server.listen.clone();
     let admin_addr = settings.config.admin.listen;
     let tls_config = settings.config.tls.clone();
-    let state = sluice::state::AppState::new(settings)?;
+    let state = sluice::state::AppState::new(settings).await?;
     let mut listeners = inherited_listeners()?;
     if listeners.is_empty() {
         for a in &addrs {

@@ -6,7 +6,7 @@ use crate::auth::Authorizer;
 use crate::config::{Config, Settings};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::storage::{FsStorage, PathRules, StorageError};
+use crate::storage::{FsStorage, PathRules, StorageError, Store};
 use crate::upload::session::SessionStore;
 
 /// Errors building the state.
@@ -17,12 +17,13 @@ pub enum StateError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("sessions: {0}")]
-    Sessions(#[from] crate::error::ApiError),
+    Sessions(#[from] crate::upload::session::SessionError),
 }
 
 pub struct AppState {
     pub config: Config,
-    pub storage: FsStorage,
+    /// Where files live (the filesystem backend; any [`Store`] will do).
+    pub storage: Arc<dyn Store>,
     pub auth: Authorizer,
     pub engine: Engine,
     pub metrics: Metrics,
@@ -45,12 +46,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings) -> Result<Arc<Self>, StateError> {
-        Self::with_clock(settings, Arc::new(crate::clock::SystemClock))
+    pub async fn new(settings: Settings) -> Result<Arc<Self>, StateError> {
+        Self::with_clock(settings, Arc::new(crate::clock::SystemClock)).await
     }
 
     /// Like [`AppState::new`], with time from `clock` (tests pass a manual clock).
-    pub fn with_clock(
+    pub async fn with_clock(
         settings: Settings,
         clock: crate::clock::SharedClock,
     ) -> Result<Arc<Self>, StateError> {
@@ -59,7 +60,10 @@ impl AppState {
         let admin_token = settings
             .admin_token
             .map(|k| crate::admin::AdminToken::new(&k.secret));
-        let storage = FsStorage::open(&config.storage.dir, config.storage.durability)?;
+        let storage: Arc<dyn Store> = Arc::new(FsStorage::open(
+            &config.storage.dir,
+            config.storage.durability,
+        )?);
         let metrics = Metrics::new()?;
         let engine = Engine::new(
             &config.engine,
@@ -99,7 +103,8 @@ impl AppState {
                 &metrics.registry,
                 clock.clone(),
                 space.clone(),
-            )?;
+            )
+            .await?;
             store.audit = audit.clone();
             Some(Arc::new(store))
         } else {

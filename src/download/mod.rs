@@ -139,24 +139,17 @@ pub async fn handle(
         // A hot small file: no blocking hop at all.
         Some((meta, data)) => (None, meta, Some(data)),
         None => {
-            let storage = state.storage.clone();
-            let engine = state.engine.clone();
-            let p2 = path.clone();
-            // One blocking hop opens the file, finds its metadata and, for a small file,
-            // reads it whole into a pool buffer.
-            let (file, meta, whole) = tokio::task::spawn_blocking(move || {
-                let (file, meta) = storage.open_file(&p2)?;
-                let whole = (meta.size <= engine.small_file_max())
-                    .then(|| engine.read_small_blocking(&file, meta.size))
-                    .flatten();
-                Ok::<_, crate::storage::StorageError>((file, meta, whole))
-            })
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
+            // One step opens the file, finds its metadata and, for a small file, reads it
+            // whole into a pool buffer.
+            let opened = state
+                .storage
+                .open(&path, Some(state.engine.small_read()))
+                .await?;
+            let whole = opened.whole.map(|b| state.engine.small_bytes(b));
             if let Some(data) = &whole {
-                state.hot.put(path.as_str(), &meta, data);
+                state.hot.put(path.as_str(), &opened.meta, data);
             }
-            (Some(file), meta, whole)
+            (Some(opened.reader), opened.meta, whole)
         }
     };
 

@@ -1,14 +1,12 @@
-//! The download body: a sequence of in-memory parts and file ranges, streamed with positioned
-//! reads (`pread`, never read-and-discard) into leased pool buffers on the blocking pool, with
+//! The download body: a sequence of in-memory parts and file ranges, streamed with ranged reads
+//! through the store (positioned reads, never read-and-discard) into leased pool buffers, with
 //! up to `read_ahead` reads in flight ahead of the socket. Each frame hands its lease to hyper
 //! through `Bytes::from_owner`, so the buffer returns to the pool once hyper has written it, or
 //! when the client disconnects and the body is dropped.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,8 +16,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use super::pool::{BufferPool, Lease};
+use super::pool::BufferPool;
 use super::transfer::Transfer;
+use crate::storage::{buf_bytes, Buf, RangeRead};
 
 /// One piece of a response body.
 #[derive(Debug, Clone)]
@@ -44,14 +43,14 @@ impl Segment {
 
 enum Pending {
     Bytes(Bytes),
-    Read(JoinHandle<io::Result<Lease>>),
+    Read(JoinHandle<io::Result<Buf>>),
 }
 
 /// Streams segments; see the module docs.
 pub struct FileBody {
     pool: BufferPool,
     transfer: Transfer,
-    file: Option<Arc<File>>,
+    file: Option<Arc<dyn RangeRead>>,
     segments: VecDeque<Segment>,
     pending: VecDeque<Pending>,
     read_ahead: usize,
@@ -68,7 +67,7 @@ impl FileBody {
     pub(super) fn new(
         pool: BufferPool,
         transfer: Transfer,
-        file: Option<File>,
+        file: Option<Arc<dyn RangeRead>>,
         segments: Vec<Segment>,
         read_ahead: usize,
         lease_timeout: Duration,
@@ -78,7 +77,7 @@ impl FileBody {
         Self {
             pool,
             transfer,
-            file: file.map(Arc::new),
+            file,
             segments: segments.into(),
             pending: VecDeque::new(),
             read_ahead: read_ahead.max(1),
@@ -137,7 +136,7 @@ impl FileBody {
                         .push_back(Pending::Read(tokio::spawn(async move {
                             // Waiting forever behind clients that hold buffers would let a
                             // few non-reading clients stall everyone: give up after a while.
-                            let mut lease = tokio::time::timeout(lease_timeout, pool.lease(tier))
+                            let lease = tokio::time::timeout(lease_timeout, pool.lease(tier))
                                 .await
                                 .map_err(|_| {
                                     io::Error::new(
@@ -145,12 +144,7 @@ impl FileBody {
                                         "no transfer buffer became free in time",
                                     )
                                 })?;
-                            let read = tokio::task::spawn_blocking(move || {
-                                file.read_exact_at(lease.spare_mut(n), off)?;
-                                lease.set_len(n);
-                                Ok::<_, io::Error>(lease)
-                            });
-                            read.await.map_err(io::Error::other)?
+                            file.read_at(off, n, Box::new(lease)).await
                         })));
                 }
             }
@@ -210,18 +204,19 @@ impl Body for FileBody {
                     .take()
                     .map(|t| t.elapsed())
                     .unwrap_or_default();
-                let lease = match res {
-                    Ok(Ok(lease)) => lease,
+                let buf = match res {
+                    Ok(Ok(buf)) => buf,
                     Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
                     Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
                 };
-                this.remaining = this.remaining.saturating_sub(lease.len() as u64);
-                this.yielded(lease.len(), disk_wait);
+                let n = buf.filled().len();
+                this.remaining = this.remaining.saturating_sub(n as u64);
+                this.yielded(n, disk_wait);
                 // Start the next read before handing this buffer out.
                 if let Err(e) = this.fill_pipeline() {
                     return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_owner(lease)))))
+                Poll::Ready(Some(Ok(Frame::data(buf_bytes(buf)))))
             }
         }
     }

@@ -2,11 +2,12 @@
 //!
 //! Owns the tiered [`pool::BufferPool`], the sizing decisions ([`adaptive`]: which tier the
 //! next read or write uses, from live per-transfer figures, the client's strategy and its
-//! history), the upload pipeline (request body → pool buffers → SHA-256 and file write running
-//! in parallel on the blocking pool, overlapped with receiving the next buffer) and the
-//! download body ([`body::FileBody`]: positioned reads into pool buffers with read-ahead).
+//! history), the upload pipeline (request body → pool buffers → SHA-256 and a write to the
+//! staged object running in parallel, overlapped with receiving the next buffer) and the
+//! download body ([`body::FileBody`]: ranged reads through the store into pool buffers with
+//! read-ahead). It moves buffers and ranges through the storage contract, never files.
 //! Must not: know about routes, auth or protocols; hold whole bodies in memory; run blocking
-//! file I/O on the async workers.
+//! work on the async workers.
 
 pub mod adaptive;
 pub mod body;
@@ -14,13 +15,12 @@ pub mod metrics;
 pub mod pool;
 mod transfer;
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
+use bytes::{Buf as _, Bytes};
 use http_body::Body;
 use http_body_util::BodyExt;
 use prometheus::Registry;
@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::config::{EngineConfig, EngineMode};
+use crate::storage::{buf_bytes, Buf, RangeRead, SmallRead, Staged};
 use adaptive::{History, Policy, Strategy};
 pub use body::{FileBody, Segment};
 pub use metrics::EngineMetrics;
@@ -138,27 +139,30 @@ impl Hashers {
     }
 }
 
-/// Where received bytes go: a file positioned at its end, the running SHA-256 of the whole
-/// file, and optionally a digest of this append alone.
+/// Where received bytes go: a staged object and the offset of the next write, the running
+/// SHA-256 of the whole object, and optionally a digest of this append alone.
 pub struct Sink {
-    pub file: File,
+    pub staged: Staged,
+    /// Where the next byte goes.
+    pub offset: u64,
     pub hasher: Sha256,
     pub chunk: Option<ChunkDigest>,
     pub written: u64,
-    /// Tracks this sink's background writes, so a later writer of the same file can wait for
-    /// writes left running by a request that was dropped mid-flight.
+    /// Tracks this sink's background writes, so a later writer of the same object can wait
+    /// for writes left running by a request that was dropped mid-flight.
     pub tracker: Option<tokio_util::task::TaskTracker>,
 }
 
 impl Sink {
-    pub fn new(file: File) -> Self {
-        Self::resume(file, Sha256::new())
+    pub fn new(staged: Staged) -> Self {
+        Self::resume(staged, 0, Sha256::new())
     }
 
-    /// Continue a hash over bytes already in `file` (resumable uploads).
-    pub fn resume(file: File, hasher: Sha256) -> Self {
+    /// Continue at `offset` with a hash over the bytes before it (resumable uploads).
+    pub fn resume(staged: Staged, offset: u64, hasher: Sha256) -> Self {
         Self {
-            file,
+            staged,
+            offset,
             hasher,
             chunk: None,
             written: 0,
@@ -187,9 +191,9 @@ fn to_usize(b: bytesize::ByteSize) -> usize {
     usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
 }
 
-/// Buffers at most this large are hashed and written by one blocking task (two tasks cost
-/// more than they save on small buffers).
-const SPLIT_HASH_MIN: usize = 128 * 1024;
+/// Buffers smaller than this are hashed on the receiving task (a blocking hop costs more than
+/// hashing them); larger ones on the blocking pool, in parallel with their write.
+const SPLIT_HASH_MIN: usize = 32 * 1024;
 
 impl Engine {
     pub fn new(
@@ -446,100 +450,100 @@ impl Engine {
         }
     }
 
-    /// Copy whole files into `dest` (tus concatenation), through pool buffers on the blocking
-    /// pool, returning the SHA-256 of the result.
+    /// Copy whole staged objects (`parts`: a reader and its length) into `dest` from offset 0
+    /// (tus concatenation), through pool buffers, returning the SHA-256 of the result.
     pub async fn concat(
         &self,
-        parts: Vec<std::path::PathBuf>,
-        mut dest: File,
-    ) -> io::Result<(File, Sha256)> {
-        let lease = self
-            .pool
-            .lease(self.pool.tier_count().saturating_sub(1))
-            .await;
-        let (dest, h, _lease) = tokio::task::spawn_blocking(move || {
-            let mut lease = lease;
-            let mut h = Sha256::new();
-            for p in parts {
-                let mut f = File::open(p)?;
-                loop {
-                    let n = io::Read::read(&mut f, lease.spare_mut(usize::MAX))?;
-                    if n == 0 {
-                        break;
-                    }
-                    lease.set_len(n);
-                    h.update(lease.as_ref());
-                    dest.write_all(lease.as_ref())?;
-                }
-            }
-            Ok::<_, io::Error>((dest, h, lease))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        Ok((dest, h))
-    }
-
-    /// SHA-256 of the first `len` bytes of a staged file, read through a pool buffer on the
-    /// blocking pool (rebuilding hash state after a restart or for out-of-order chunks).
-    pub async fn hash_file(&self, path: std::path::PathBuf, len: u64) -> io::Result<Sha256> {
-        let lease = self
-            .pool
-            .lease(self.pool.tier_count().saturating_sub(1))
-            .await;
-        tokio::task::spawn_blocking(move || {
-            let mut lease = lease;
-            let f = File::open(path)?;
-            let mut h = Sha256::new();
+        parts: Vec<(Arc<dyn RangeRead>, u64)>,
+        dest: &Staged,
+    ) -> io::Result<Sha256> {
+        let top = self.pool.tier_count().saturating_sub(1);
+        let mut h = Sha256::new();
+        let mut out = 0u64;
+        for (part, len) in parts {
             let mut off = 0u64;
             while off < len {
-                let want = usize::try_from((len - off).min(lease.capacity() as u64)).unwrap_or(0);
-                use std::os::unix::fs::FileExt;
-                f.read_exact_at(lease.spare_mut(want), off)?;
-                lease.set_len(want);
-                h.update(lease.as_ref());
-                off += want as u64;
+                let lease = self.pool.lease(top).await;
+                let n = usize::try_from((len - off).min(lease.capacity() as u64)).unwrap_or(0);
+                let data = buf_bytes(part.read_at(off, n, Box::new(lease)).await?);
+                let for_hash = data.clone();
+                let hashing = tokio::task::spawn_blocking(move || {
+                    h.update(&for_hash);
+                    h
+                });
+                dest.write_at(out, data).await?;
+                h = hashing.await.map_err(io::Error::other)?;
+                off += n as u64;
+                out += n as u64;
             }
-            Ok(h)
-        })
-        .await
-        .map_err(io::Error::other)?
+        }
+        Ok(h)
     }
 
-    /// Files up to this size are read whole in one step (see [`Engine::read_small_blocking`]).
+    /// SHA-256 of the first `len` bytes of a staged object, read through pool buffers
+    /// (rebuilding hash state after a restart or for out-of-order chunks).
+    pub async fn hash_object(&self, reader: Arc<dyn RangeRead>, len: u64) -> io::Result<Sha256> {
+        let top = self.pool.tier_count().saturating_sub(1);
+        let mut h = Sha256::new();
+        let mut off = 0u64;
+        while off < len {
+            let lease = self.pool.lease(top).await;
+            let n = usize::try_from((len - off).min(lease.capacity() as u64)).unwrap_or(0);
+            let buf = reader.read_at(off, n, Box::new(lease)).await?;
+            h = tokio::task::spawn_blocking(move || {
+                h.update(buf.filled());
+                h
+            })
+            .await
+            .map_err(io::Error::other)?;
+            off += n as u64;
+        }
+        Ok(h)
+    }
+
+    /// Files up to this size are read whole in one step (see [`Engine::small_read`]).
     pub fn small_file_max(&self) -> u64 {
         self.pool
             .tier_size(1.min(self.pool.tier_count().saturating_sub(1))) as u64
     }
 
-    /// For small files: read the whole file into one pool buffer, on the calling (blocking)
-    /// thread, so that opening and reading take one hop off the async workers instead of
-    /// three. `None` when no buffer is free right now or the file is larger than the buffer;
-    /// the caller then streams it with [`Engine::send`].
-    pub fn read_small_blocking(&self, file: &File, len: u64) -> Option<bytes::Bytes> {
-        use std::os::unix::fs::FileExt;
-        let n = usize::try_from(len).ok()?;
-        let tier = self.shared.policy.tier_at_least(n as f64);
-        let mut lease = self.pool.try_lease_small(tier)?;
-        if lease.capacity() < n {
-            return None;
-        }
-        file.read_exact_at(lease.spare_mut(n), 0).ok()?;
-        lease.set_len(n);
+    /// For small files: the pool buffer the store reads the whole file into while it opens
+    /// it, so that opening and reading take one hop instead of three. It gives none when no
+    /// buffer is free right now or the file is larger than [`Engine::small_file_max`]; the
+    /// caller then streams it with [`Engine::send`].
+    pub fn small_read(&self) -> SmallRead {
+        let (pool, shared, max) = (
+            self.pool.clone(),
+            self.shared.clone(),
+            self.small_file_max(),
+        );
+        Box::new(move |size| {
+            if size > max {
+                return None;
+            }
+            let n = usize::try_from(size).ok()?;
+            let lease = pool.try_lease_small(shared.policy.tier_at_least(n as f64))?;
+            (lease.capacity() >= n).then(|| Box::new(lease) as Buf)
+        })
+    }
+
+    /// The bytes of a file read whole through [`Engine::small_read`].
+    pub fn small_bytes(&self, whole: Buf) -> Bytes {
         self.shared
             .metrics
             .buffer_bytes
             .with_label_values(&["download"])
-            .observe(n as f64);
-        Some(bytes::Bytes::from_owner(lease))
+            .observe(whole.filled().len() as f64);
+        buf_bytes(whole)
     }
 
-    /// A response body that streams `segments`, reading file parts from `file` with positioned
-    /// reads into leased buffers, `read_ahead` reads ahead of the socket. `guard` lives as long
+    /// A response body that streams `segments`, reading file parts through `file` (ranged
+    /// reads into leased buffers), `read_ahead` reads ahead of the socket. `guard` lives as long
     /// as the body (e.g. an in-flight gauge), so a client that goes away mid-download still
     /// releases it.
     pub fn send(
         &self,
-        file: Option<File>,
+        file: Option<Arc<dyn RangeRead>>,
         segments: Vec<Segment>,
         guard: Option<crate::metrics::GaugeGuard>,
         client: &Client,
@@ -563,7 +567,10 @@ impl Engine {
 }
 
 /// `spawn_blocking`, tracked when a tracker is given.
-fn spawn_tracked<F, R>(tracker: &Option<tokio_util::task::TaskTracker>, f: F) -> JoinHandle<R>
+fn spawn_blocking_tracked<F, R>(
+    tracker: &Option<tokio_util::task::TaskTracker>,
+    f: F,
+) -> JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
@@ -574,25 +581,33 @@ where
     }
 }
 
+/// `spawn`, tracked when a tracker is given.
+fn spawn_tracked<F>(tracker: &Option<tokio_util::task::TaskTracker>, f: F) -> JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tracker {
+        Some(t) => t.spawn(f),
+        None => tokio::spawn(f),
+    }
+}
+
 impl Failure {
     fn plain(error: EngineError) -> Self {
         Self { error, sink: None }
     }
 }
 
-type HashTask = JoinHandle<Hashers>;
-type WriteTask = JoinHandle<io::Result<File>>;
-type BothTask = JoinHandle<io::Result<(File, Hashers)>>;
-
-/// The upload's disk side: at most one hash and one write in flight, in order.
+/// The upload's storage side: at most one hash and one write in flight, in order.
 struct WritePipe {
     tracker: Option<tokio_util::task::TaskTracker>,
-    file: Option<File>,
+    staged: Staged,
+    offset: u64,
     hasher: Option<Hashers>,
     written: u64,
-    hash_task: Option<HashTask>,
-    write_task: Option<WriteTask>,
-    both_task: Option<BothTask>,
+    hash_task: Option<JoinHandle<Hashers>>,
+    write_task: Option<JoinHandle<io::Result<()>>>,
 }
 
 fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, EngineError> {
@@ -603,7 +618,8 @@ impl WritePipe {
     fn new(sink: Sink) -> Self {
         Self {
             tracker: sink.tracker,
-            file: Some(sink.file),
+            staged: sink.staged,
+            offset: sink.offset,
             hasher: Some(Hashers {
                 file: sink.hasher,
                 chunk: sink.chunk,
@@ -611,69 +627,62 @@ impl WritePipe {
             written: sink.written,
             hash_task: None,
             write_task: None,
-            both_task: None,
         }
     }
 
     /// Wait until the previous buffer is hashed and written; returns how long that took.
     async fn ready(&mut self) -> Result<Duration, EngineError> {
         let t = Instant::now();
-        if let Some(h) = self.both_task.take() {
-            let (f, h) = joined(h.await)??;
-            self.file = Some(f);
-            self.hasher = Some(h);
-        }
         if let Some(h) = self.hash_task.take() {
             self.hasher = Some(joined(h.await)?);
         }
         if let Some(w) = self.write_task.take() {
-            self.file = Some(joined(w.await)??);
+            joined(w.await)??;
         }
         Ok(t.elapsed())
     }
 
-    /// Hand a full buffer to the blocking pool. Call [`WritePipe::ready`] first.
+    /// Hand a full buffer to the store (and the hasher). Call [`WritePipe::ready`] first.
     fn dispatch(&mut self, buf: Lease) {
-        let (Some(mut file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
+        let Some(mut hasher) = self.hasher.take() else {
             // ready() was not awaited: a programming error; keep the data path honest.
-            self.both_task = Some(tokio::task::spawn_blocking(|| {
+            self.write_task = Some(tokio::spawn(async {
                 Err(io::Error::other("engine write pipeline misuse"))
             }));
             return;
         };
-        self.written += buf.len() as u64;
-        let tracker = self.tracker.clone();
-        if buf.len() < SPLIT_HASH_MIN {
-            self.both_task = Some(spawn_tracked(&tracker, move || {
-                hasher.update(buf.as_ref());
-                file.write_all(buf.as_ref())?;
-                Ok((file, hasher))
-            }));
+        let data = Bytes::from_owner(buf);
+        let n = data.len() as u64;
+        if data.len() < SPLIT_HASH_MIN {
+            hasher.update(&data);
+            self.hasher = Some(hasher);
         } else {
-            let shared = Arc::new(buf);
-            let for_hash = shared.clone();
-            self.hash_task = Some(spawn_tracked(&tracker, move || {
-                hasher.update(for_hash.as_ref().as_ref());
+            let for_hash = data.clone();
+            self.hash_task = Some(spawn_blocking_tracked(&self.tracker, move || {
+                hasher.update(&for_hash);
                 hasher
             }));
-            self.write_task = Some(spawn_tracked(&tracker, move || {
-                file.write_all(shared.as_ref().as_ref())?;
-                Ok(file)
-            }));
         }
+        let (obj, offset) = (self.staged.object().clone(), self.offset);
+        self.write_task = Some(spawn_tracked(&self.tracker, async move {
+            obj.write_at(offset, data).await
+        }));
+        self.offset += n;
+        self.written += n;
     }
 
     async fn finish(mut self) -> Result<Sink, EngineError> {
         self.ready().await?;
-        match (self.file.take(), self.hasher.take()) {
-            (Some(file), Some(hashers)) => Ok(Sink {
-                file,
+        match self.hasher.take() {
+            Some(hashers) => Ok(Sink {
+                staged: self.staged,
+                offset: self.offset,
                 hasher: hashers.file,
                 chunk: hashers.chunk,
                 written: self.written,
                 tracker: self.tracker.take(),
             }),
-            _ => Err(EngineError::Io(io::Error::other("engine lost its sink"))),
+            None => Err(EngineError::Io(io::Error::other("engine lost its sink"))),
         }
     }
 }

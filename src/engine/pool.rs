@@ -357,6 +357,22 @@ fn trim_idle(inner: &Inner) {
     }
 }
 
+/// The store reads ranges into leases.
+impl crate::storage::IoBuf for Lease {
+    fn capacity(&self) -> usize {
+        Lease::capacity(self)
+    }
+    fn spare_mut(&mut self, n: usize) -> &mut [u8] {
+        Lease::spare_mut(self, n)
+    }
+    fn set_len(&mut self, n: usize) {
+        Lease::set_len(self, n)
+    }
+    fn filled(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
 impl AsRef<[u8]> for Lease {
     fn as_ref(&self) -> &[u8] {
         &self.buf[..self.len]

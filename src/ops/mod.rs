@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::storage::{PathRules, StoredPath};
 
-/// Remove a stored file for `reason` (see [`crate::storage::FsStorage::remove`]). A takedown
+/// Remove a stored file for `reason` (see [`crate::storage::Store::remove`]). A takedown
 /// of a path with no file still blocks the path. Returns the removed row.
 pub async fn remove_file(
     state: &Arc<AppState>,
@@ -26,14 +26,10 @@ pub async fn remove_file(
 ) -> Result<Option<FileRow>, ApiError> {
     let p = StoredPath::parse(path, &PathRules::default())?;
     let now = state.clock.now_secs();
-    let storage = state.storage.clone();
-    let p2 = p.clone();
     // The hot cache forgets the file before and after the row changes, so no GET that starts
     // after this call serves it.
     state.hot.remove(p.as_str());
-    let row = tokio::task::spawn_blocking(move || storage.remove(&p2, reason, now))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let row = state.storage.remove(&p, reason, now).await?;
     state.hot.remove(p.as_str());
     if let Some(r) = &row {
         state.space.released(r.meta.size);

@@ -219,6 +219,12 @@ struct Failure {
     problem: Option<Problem>,
 }
 
+impl From<crate::upload::session::SessionError> for Failure {
+    fn from(error: crate::upload::session::SessionError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
 impl From<ApiError> for Failure {
     fn from(error: ApiError) -> Self {
         Self {
@@ -506,9 +512,16 @@ async fn append(
         Ok(a) => a,
         Err(e) => {
             let known = known.is_some();
-            return Err(
-                invalidate_if_over_length(&store, s, guard, version, known, e, remaining).await,
-            );
+            return Err(invalidate_if_over_length(
+                &store,
+                s,
+                guard,
+                version,
+                known,
+                e.into(),
+                remaining,
+            )
+            .await);
         }
     };
     state.metrics.upload_bytes.inc_by(appended.offset - offset);
@@ -688,8 +701,15 @@ async fn create(
             Ok(a) => a,
             Err(e) => {
                 let known = known.is_some();
-                let f =
-                    invalidate_if_over_length(&store, &session, guard, version, known, e, limit);
+                let f = invalidate_if_over_length(
+                    &store,
+                    &session,
+                    guard,
+                    version,
+                    known,
+                    e.into(),
+                    limit,
+                );
                 return Err(f.await);
             }
         };

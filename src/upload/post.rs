@@ -47,10 +47,7 @@ pub async fn handle(
     if exact.is_some_and(|n| n > max) {
         return Err(ApiError::TooLarge { max });
     }
-    let (storage, t2) = (state.storage.clone(), target.clone());
-    tokio::task::spawn_blocking(move || storage.check_free(&t2))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    state.storage.check_free(&target).await?;
     let client = crate::router::client_of(state, &req);
     let body = req.into_body().into_data_stream();
     let mut form = multer::Multipart::new(body, boundary);
@@ -72,20 +69,13 @@ pub async fn handle(
         frames.map_err(|e: multer::Error| e.to_string()),
     );
 
-    let storage = state.storage.clone();
-    let s2 = storage.clone();
-    let mut staged = tokio::task::spawn_blocking(move || s2.stage())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let staged = state.storage.stage().await?;
     let _in_flight = GaugeGuard::new(&state.metrics.uploads_in_flight);
-    let file = staged
-        .take_file()
-        .ok_or_else(|| ApiError::Internal("staged file missing".into()))?;
     let sink = state
         .engine
         .receive(
             frames,
-            Sink::new(file),
+            Sink::new(staged),
             Expect {
                 exact,
                 max: exact.unwrap_or(max),
@@ -102,8 +92,7 @@ pub async fn handle(
         })?;
     let size = sink.written;
     state.metrics.upload_bytes.inc_by(size);
-    let sha256 = hex::encode(sha2::Digest::finalize(sink.hasher));
-    staged.put_file(sink.file);
+    let sha256 = hex::encode(sha2::Digest::finalize(sink.hasher.clone()));
     let now = state.clock.now_secs();
     let meta = FileMeta {
         size,
@@ -117,10 +106,7 @@ pub async fn handle(
         uploader: grant.uploader.clone(),
     };
     let uploader = grant.uploader;
-    let p2 = target.clone();
-    tokio::task::spawn_blocking(move || storage.commit(staged, &p2, &meta))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    state.storage.commit(sink.staged, &target, &meta).await?;
     state.space.added(size);
     state.audit.upload(crate::admin::audit::UploadEvent {
         path: target.as_str(),

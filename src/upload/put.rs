@@ -54,7 +54,7 @@ pub async fn handle(
 /// What `prepare` established before any body byte is read.
 struct Prepared {
     path: StoredPath,
-    staged: crate::storage::StagedFile,
+    staged: crate::storage::Staged,
     len: u64,
     max: u64,
     grant: crate::auth::Grant,
@@ -122,14 +122,9 @@ async fn prepare(
     })?;
     let uploader = super::uploader_of(state, &grant, &path);
     let reservation = crate::ops::space::admit(state, uploader.as_deref(), len).await?;
-    // Early conflict check (the commit re-checks atomically) and staging, in one hop.
-    let (storage, p2) = (state.storage.clone(), path.clone());
-    let staged = tokio::task::spawn_blocking(move || {
-        storage.check_free(&p2)?;
-        storage.stage().map_err(ApiError::from)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    // Early conflict check (the commit re-checks atomically), then staging.
+    state.storage.check_free(&path).await?;
+    let staged = state.storage.stage().await?;
     let content_type = super::stored_content_type(&grant, &parts.headers, path.file_name());
     Ok(Prepared {
         path,
@@ -150,14 +145,9 @@ async fn receive_and_commit(
     body: ReqBody,
     client: &crate::engine::Client,
 ) -> Result<Response<ResBody>, ApiError> {
-    let storage = state.storage.clone();
-    let mut staged = prep.staged;
     let _in_flight = GaugeGuard::new(&state.metrics.uploads_in_flight);
-    let file = staged
-        .take_file()
-        .ok_or_else(|| ApiError::Internal("staged file missing".into()))?;
     let len = prep.len;
-    let mut sink = Sink::new(file);
+    let mut sink = Sink::new(prep.staged);
     if prep
         .digests
         .iter()
@@ -165,7 +155,7 @@ async fn receive_and_commit(
     {
         sink.chunk = Some(crate::engine::ChunkDigest::Sha512(sha2::Digest::new()));
     }
-    let sink = state
+    let mut sink = state
         .engine
         .receive(
             body,
@@ -182,14 +172,13 @@ async fn receive_and_commit(
             other => ApiError::from(other),
         })?;
     state.metrics.upload_bytes.inc_by(sink.written);
-    let sha256 = sha2::Digest::finalize(sink.hasher);
-    let sha512 = sink.chunk.map(crate::engine::ChunkDigest::finish);
+    let sha256 = sha2::Digest::finalize(sink.hasher.clone());
+    let sha512 = sink.chunk.take().map(crate::engine::ChunkDigest::finish);
     if !crate::digest::all_match(&prep.digests, &sha256, sha512.as_deref()) {
-        // The staged bytes go with `staged`; nothing was published.
+        // The staged bytes go with the sink; nothing was published.
         return Err(ApiError::DigestMismatch);
     }
     let sha256 = hex::encode(sha256);
-    staged.put_file(sink.file);
     let now = state.clock.now_secs();
     let meta = FileMeta {
         size: len,
@@ -204,10 +193,7 @@ async fn receive_and_commit(
         uploader: prep.uploader,
     };
     let (path, uploader) = (prep.path, meta.uploader.clone());
-    let p2 = path.clone();
-    tokio::task::spawn_blocking(move || storage.commit(staged, &p2, &meta))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    state.storage.commit(sink.staged, &path, &meta).await?;
     prep.reservation.published();
     state.audit.upload(crate::admin::audit::UploadEvent {
         path: path.as_str(),

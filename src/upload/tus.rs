@@ -517,7 +517,10 @@ async fn create_final(
             file_expires: grant.file_expires,
         })
         .await?;
-    let paths = parts.iter().map(|p| store.data_of(&p.id)).collect();
+    let paths = parts
+        .iter()
+        .map(|p| (p.id.clone(), p.meta().offset))
+        .collect();
     let mut guard = store.acquire(&session, true).await;
     store
         .fill_from_parts(

@@ -102,7 +102,9 @@ impl TestServer {
         config.validate().unwrap();
         let settings = config.resolve().unwrap();
         let clock = sluice::clock::ManualClock::new();
-        let state = sluice::state::AppState::with_clock(settings, clock.clone()).unwrap();
+        let state = sluice::state::AppState::with_clock(settings, clock.clone())
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

@@ -135,11 +135,6 @@ impl FsStorage {
         self.catalog.as_ref()
     }
 
-    /// Directory for staged data of other subsystems (resumable sessions).
-    pub fn staging_dir(&self) -> &Path {
-        &self.staging
-    }
-
     /// Whether `p` can take a new upload: `Exists` if a file is there, `TakenDown` if the path
     /// was taken down.
     pub fn check_free(&self, p: &StoredPath) -> Result<(), StorageError> {
@@ -166,20 +161,6 @@ impl FsStorage {
             .open(&path)?;
         Ok(StagedFile {
             path,
-            file: Some(file),
-            committed: false,
-        })
-    }
-
-    /// Take over an existing file in `staging/` (a finished resumable session) for
-    /// [`FsStorage::commit`]. Like [`FsStorage::stage`]'s result, it is deleted if not committed.
-    pub fn adopt(&self, path: &Path) -> Result<StagedFile, StorageError> {
-        if !path.starts_with(&self.staging) {
-            return Err(StorageError::Io(io::Error::other("adopt outside staging")));
-        }
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(StagedFile {
-            path: path.to_owned(),
             file: Some(file),
             committed: false,
         })
