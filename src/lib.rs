@@ -6,6 +6,7 @@
 //! - [`state`]: [`state::AppState`], built once from settings
 //! - [`server`]: accept loop, HTTP/1.1 + h2c, timeouts, graceful shutdown
 //! - [`router`]: `Route::parse` + dispatch, metrics and CORS per request
+//! - [`context`]: the per-request context the router hands to handlers
 //! - [`body`]: the request body handlers get; drained when dropped unread (bounded)
 //! - [`auth`]: upload grants (v, v2, token, v3 HMAC; Prosody JWT), constant-time
 //! - [`upload`]: protocol adapters (PUT) over storage + engine
@@ -28,6 +29,7 @@ pub mod body;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod digest;
 pub mod download;
 pub mod engine;

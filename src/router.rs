@@ -14,31 +14,8 @@ use crate::response::{self, ResBody};
 use crate::state::AppState;
 use crate::{download, upload};
 
-/// The TCP peer of the connection a request came on (a request extension).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub std::net::SocketAddr);
-
-/// The engine's sizing prior for this request's client: its address (the peer, or the last
-/// `X-Forwarded-For` entry when the operator trusts the proxy) and its User-Agent.
-pub fn client_of<B>(state: &AppState, req: &Request<B>) -> crate::engine::Client {
-    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-    let forwarded = if state.config.server.trust_forwarded_for {
-        req.headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    } else {
-        None
-    };
-    let ua = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    let mut client = state.engine.client(forwarded.or(peer), ua);
-    client.http2 = req.version() == http::Version::HTTP_2;
-    client
-}
+pub use crate::context::PeerAddr;
+use crate::context::RequestContext;
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +182,10 @@ pub async fn handle(
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             r
         }
-        None => dispatch(&state, route, req).instrument(span).await,
+        None => {
+            let ctx = RequestContext::new(&state.config, &state.engine, route_name, &req, started);
+            dispatch(&state, &ctx, route, req).instrument(span).await
+        }
     };
     // A malformed body (hyper refused its chunked framing) makes the whole request a bad one,
     // whatever the handler made of the bytes before it.
@@ -287,7 +267,12 @@ fn head_size<B>(req: &Request<B>) -> u64 {
     (target + fields) as u64
 }
 
-async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<ReqBody>) -> Response<ResBody> {
+async fn dispatch(
+    state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
+    route: Route,
+    req: Request<ReqBody>,
+) -> Response<ResBody> {
     if head_size(&req) > state.config.server.max_header_size.as_u64() {
         let mut r = response::text(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -324,13 +309,13 @@ async fn dispatch(state: &Arc<AppState>, route: Route, req: Request<ReqBody>) ->
             }
             Ok(r)
         }
-        Route::Tus { rest } => Ok(crate::upload::tus::handle(state, &rest, req).await),
-        Route::Resumable { rest } => Ok(crate::upload::ietf::handle(state, &rest, req).await),
-        Route::Chunked => Ok(crate::upload::chunked::handle(state, req).await),
-        Route::UploadStatus => Ok(crate::upload::chunked::status(state, req).await),
-        Route::PostForm { path } => crate::upload::post::handle(state, &path, req).await,
-        Route::Put { path } => upload::put::handle(state, &path, req).await,
-        Route::Get { path, head } => download::handle(state, &path, head, req).await,
+        Route::Tus { rest } => Ok(upload::tus::handle(state, ctx, &rest, req).await),
+        Route::Resumable { rest } => Ok(upload::ietf::handle(state, ctx, &rest, req).await),
+        Route::Chunked => Ok(upload::chunked::handle(state, ctx, req).await),
+        Route::UploadStatus => Ok(upload::chunked::status(state, ctx, req).await),
+        Route::PostForm { path } => upload::post::handle(state, ctx, &path, req).await,
+        Route::Put { path } => upload::put::handle(state, ctx, &path, req).await,
+        Route::Get { path, head } => download::handle(state, ctx, &path, head, req).await,
         Route::FileMethodNotAllowed => Err(ApiError::MethodNotAllowed {
             allow: response::CORS_METHODS,
         }),

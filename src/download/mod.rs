@@ -15,6 +15,7 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use crate::context::RequestContext;
 use crate::engine::Segment;
 use crate::error::ApiError;
 use crate::metrics::GaugeGuard;
@@ -123,6 +124,7 @@ fn single(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 
 pub async fn handle(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     raw_path: &str,
     head: bool,
     req: Request<ReqBody>,
@@ -321,8 +323,7 @@ pub async fn handle(
             None => segments,
         };
         let guard = GaugeGuard::new(&state.metrics.downloads_in_flight);
-        let client = crate::router::client_of(state, &req);
-        let body = state.engine.send(file, segments, Some(guard), &client);
+        let body = state.engine.send(file, segments, Some(guard), &ctx.client);
         *res.body_mut() = body.boxed_unsync();
     }
     Ok(res)

@@ -405,7 +405,7 @@ async fn accept_loop<L: Acceptor>(
         let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let state = conn_state.clone();
             if let Some(p) = peer {
-                req.extensions_mut().insert(crate::router::PeerAddr(p));
+                req.extensions_mut().insert(crate::context::PeerAddr(p));
             }
             async move { Ok::<_, Infallible>(crate::router::handle(state, req).await) }
         });

@@ -15,6 +15,7 @@ use crate::body::ReqBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::response::{full, ResBody};
 use crate::state::AppState;
@@ -63,14 +64,19 @@ fn progress_json(state: &AppState, m: &SessionMeta) -> serde_json::Value {
     })
 }
 
-pub async fn handle(state: &Arc<AppState>, req: Request<ReqBody>) -> Response<ResBody> {
-    handle_inner(state, req)
+pub async fn handle(
+    state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
+    req: Request<ReqBody>,
+) -> Response<ResBody> {
+    handle_inner(state, ctx, req)
         .await
         .unwrap_or_else(ApiError::into_response)
 }
 
 async fn handle_inner(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
     if *req.method() != Method::POST && *req.method() != Method::PUT {
@@ -80,7 +86,7 @@ async fn handle_inner(
     }
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let h = req.headers().clone();
-    let client = crate::router::client_of(state, &req);
+    let client = ctx.client;
     let Some(id) = hv(&h, "x-upload-session-id") else {
         // Creation.
         let name = hv(&h, "x-filename").ok_or(ApiError::BadRequest("X-Filename is required"))?;
@@ -186,7 +192,11 @@ async fn handle_inner(
 }
 
 /// `GET /upload-status?session_id=<id>`.
-pub async fn status(state: &Arc<AppState>, req: Request<ReqBody>) -> Response<ResBody> {
+pub async fn status(
+    state: &Arc<AppState>,
+    _ctx: &RequestContext<'_>,
+    req: Request<ReqBody>,
+) -> Response<ResBody> {
     let r = async {
         let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
         let id = req

@@ -24,6 +24,7 @@ use crate::body::ReqBody;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 
+use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::response::{empty, ResBody};
 use crate::state::AppState;
@@ -279,9 +280,14 @@ impl Failure {
     }
 }
 
-pub async fn handle(state: &Arc<AppState>, rest: &str, req: Request<ReqBody>) -> Response<ResBody> {
+pub async fn handle(
+    state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
+    rest: &str,
+    req: Request<ReqBody>,
+) -> Response<ResBody> {
     let version = interop_version(req.headers()).unwrap_or(LATEST_INTEROP);
-    match handle_inner(state, rest, req).await {
+    match handle_inner(state, ctx, rest, req).await {
         Ok(r) => r,
         Err(f) => f.into_response(version),
     }
@@ -289,6 +295,7 @@ pub async fn handle(state: &Arc<AppState>, rest: &str, req: Request<ReqBody>) ->
 
 async fn handle_inner(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     rest: &str,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, Failure> {
@@ -298,7 +305,7 @@ async fn handle_inner(
     let method = req.method().clone();
     let is_id = is_session_id(rest);
     match method {
-        Method::POST | Method::PUT => return create(state, rest, version, req).await,
+        Method::POST | Method::PUT => return create(state, ctx, rest, version, req).await,
         Method::PATCH if !is_id => {
             // a creation "MUST NOT include" `Upload-Offset` (-01..-05 §4); with it the
             // request is an append (-01 §8) to an upload that is not active → 404 (-01 §6,
@@ -306,7 +313,7 @@ async fn handle_inner(
             if req.headers().contains_key("upload-offset") {
                 return Err(ApiError::SessionNotFound.into());
             }
-            return create(state, rest, version, req).await;
+            return create(state, ctx, rest, version, req).await;
         }
         // HEAD/DELETE of a URL that is no upload resource: not active → 404 (-01 §5, §7;
         // -02..-05 §5, §7; RFC 9110 §15.5.5 from -06 on). GET answers like HEAD.
@@ -350,7 +357,7 @@ async fn handle_inner(
             *r.status_mut() = StatusCode::NO_CONTENT;
             Ok(r)
         }
-        _ => append(state, &session, version, req)
+        _ => append(state, ctx, &session, version, req)
             .await
             .map_err(|f| f.at(&session.meta(), version)),
     }
@@ -425,6 +432,7 @@ async fn invalidate_if_over_length(
 
 async fn append(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     s: &Arc<Session>,
     version: u32,
     req: Request<ReqBody>,
@@ -450,7 +458,7 @@ async fn append(
     let length = parse_u64(h, "upload-length")?;
     let content_length = parse_u64(h, "content-length")?;
     let empty_body = content_length == Some(0) || req.body().is_end_stream();
-    let client = crate::router::client_of(state, &req);
+    let client = ctx.client;
     let mut guard = store.acquire(s, true).await;
     let m = s.meta();
     if m.completed {
@@ -600,6 +608,7 @@ async fn finish(
 
 async fn create(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     rest: &str,
     version: u32,
     req: Request<ReqBody>,
@@ -679,7 +688,7 @@ async fn create(
             file_expires: grant.file_expires,
         })
         .await?;
-    let client = crate::router::client_of(state, &req);
+    let client = ctx.client;
     let check = super::content_digest_check(req.headers());
     let filled: Result<SessionMeta, Failure> = async {
         let check = check?;

@@ -12,6 +12,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
+use crate::context::RequestContext;
 use crate::engine::{EngineError, Expect, Sink};
 use crate::error::ApiError;
 use crate::metrics::GaugeGuard;
@@ -21,6 +22,7 @@ use crate::storage::FileMeta;
 
 pub async fn handle(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     raw_path: &str,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
@@ -48,7 +50,7 @@ pub async fn handle(
         return Err(ApiError::TooLarge { max });
     }
     state.storage.check_free(&target).await?;
-    let client = crate::router::client_of(state, &req);
+    let client = ctx.client;
     let body = req.into_body().into_data_stream();
     let mut form = multer::Multipart::new(body, boundary);
     let field = loop {

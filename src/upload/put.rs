@@ -10,6 +10,7 @@ use crate::body::ReqBody;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 
 use crate::auth::GrantRequest;
+use crate::context::RequestContext;
 use crate::engine::{EngineError, Expect, Sink};
 use crate::error::ApiError;
 use crate::metrics::GaugeGuard;
@@ -19,10 +20,11 @@ use crate::storage::{FileMeta, StoredPath};
 
 pub async fn handle(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     raw_path: &str,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let client = crate::router::client_of(state, &req);
+    let client = ctx.client;
     let (parts, body) = req.into_parts();
     // A refusal drops the body unread: `ReqBody` drains a small rest (so the refusal reaches a
     // client that is already sending, and nginx does not turn it into a 502) or the router

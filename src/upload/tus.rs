@@ -13,6 +13,7 @@ use crate::body::ReqBody;
 use base64::Engine as _;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 
+use crate::context::RequestContext;
 use crate::engine::ChunkDigest;
 use crate::error::ApiError;
 use crate::response::{empty, ResBody};
@@ -108,8 +109,13 @@ pub fn options(state: &AppState, res: &mut Response<ResBody>) {
 }
 
 /// Entry point for every non-OPTIONS request under `/tus`.
-pub async fn handle(state: &Arc<AppState>, rest: &str, req: Request<ReqBody>) -> Response<ResBody> {
-    let mut res = match handle_inner(state, rest, req).await {
+pub async fn handle(
+    state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
+    rest: &str,
+    req: Request<ReqBody>,
+) -> Response<ResBody> {
+    let mut res = match handle_inner(state, ctx, rest, req).await {
         Ok(r) => r,
         Err(e) => {
             let status = e.status();
@@ -126,6 +132,7 @@ pub async fn handle(state: &Arc<AppState>, rest: &str, req: Request<ReqBody>) ->
 
 async fn handle_inner(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     rest: &str,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
@@ -145,7 +152,7 @@ async fn handle_inner(
     };
     let rest = rest.trim_start_matches('/');
     if method == Method::POST {
-        return create(state, rest, req).await;
+        return create(state, ctx, rest, req).await;
     }
     if !is_session_id(rest) {
         return Err(ApiError::SessionNotFound);
@@ -153,7 +160,7 @@ async fn handle_inner(
     let session = store.get_for(rest, Protocol::Tus).await?;
     match method {
         Method::HEAD => head(state, &session).await,
-        Method::PATCH => patch(state, &session, req).await,
+        Method::PATCH => patch(state, ctx, &session, req).await,
         Method::DELETE => {
             store.remove(&session, "terminated").await;
             let mut r = Response::new(empty());
@@ -214,6 +221,7 @@ async fn head(state: &Arc<AppState>, s: &Arc<Session>) -> Result<Response<ResBod
 
 async fn patch(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     s: &Arc<Session>,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
@@ -230,7 +238,7 @@ async fn patch(
     let new_length = parse_u64(h, "upload-length")?;
     let content_length = parse_u64(h, "content-length")?;
     let checksum = append_check(h)?;
-    let client = crate::router::client_of(state, &req);
+    let client = ctx.client;
     let mut guard = store.acquire(s, true).await;
     let m = s.meta();
     if offset != m.offset {
@@ -321,6 +329,7 @@ async fn append_and_complete(
 
 async fn create(
     state: &Arc<AppState>,
+    ctx: &RequestContext<'_>,
     rest: &str,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
@@ -423,7 +432,7 @@ async fn create(
     let ct = hv(&h, "content-type").unwrap_or_default();
     let mut m = session.meta();
     if content_length > 0 && ct.eq_ignore_ascii_case(OFFSET_CT) {
-        let client = crate::router::client_of(state, &req);
+        let client = ctx.client;
         let remaining = m.remaining().unwrap_or(max_file);
         if content_length > remaining {
             store.remove(&session, "terminated").await;

@@ -1,0 +1,65 @@
+//! The per-request context: what the router learned about a request before handing it on
+//! (who the client is and how the engine should size its buffers, which route it is, the
+//! configuration it is served under, when it started). The router builds one per request and
+//! passes it down; handlers read it and never call back up into the router.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::{header, Request};
+
+use crate::config::Config;
+use crate::engine::{Client, Engine};
+
+/// The TCP peer of the connection a request came on (a request extension the server sets).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// One request's context (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// The TCP peer, when the server recorded it.
+    pub peer: Option<SocketAddr>,
+    /// The engine's sizing prior for this client: its address (the peer, or the last
+    /// `X-Forwarded-For` entry when the operator trusts the proxy), its strategy from the
+    /// User-Agent, and whether it speaks HTTP/2.
+    pub client: Client,
+    /// The route's closed-set name (metrics and spans).
+    pub route: &'static str,
+    pub config: &'a Config,
+    pub started: Instant,
+}
+
+impl<'a> RequestContext<'a> {
+    pub fn new<B>(
+        config: &'a Config,
+        engine: &Engine,
+        route: &'static str,
+        req: &Request<B>,
+        started: Instant,
+    ) -> Self {
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+        let forwarded = if config.server.trust_forwarded_for {
+            req.headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        } else {
+            None
+        };
+        let ua = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let mut client = engine.client(forwarded.or(peer.map(|p| p.ip())), ua);
+        client.http2 = req.version() == http::Version::HTTP_2;
+        Self {
+            peer,
+            client,
+            route,
+            config,
+            started,
+        }
+    }
+}
