@@ -110,6 +110,8 @@ pub enum CliError {
 }
 
 /// The admin token: `--token-file`, else `$SLUICE_ADMIN_TOKEN`, else the config's.
+// The `sluice admin` client reads its token file (a secret file, like the config's).
+#[allow(clippy::disallowed_methods)]
 fn token(args: &AdminArgs, config: &Config) -> Result<String, CliError> {
     if let Some(f) = &args.token_file {
         let text = std::fs::read_to_string(f)
