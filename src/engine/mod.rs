@@ -12,6 +12,7 @@
 pub mod adaptive;
 pub mod body;
 pub mod metrics;
+mod pipe;
 pub mod pool;
 mod transfer;
 
@@ -25,13 +26,13 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use prometheus::Registry;
 use sha2::{Digest, Sha256};
-use tokio::task::JoinHandle;
 
 use crate::config::{EngineConfig, EngineMode};
 use crate::storage::{buf_bytes, Buf, RangeRead, SmallRead, Staged};
 use adaptive::{History, Policy, Strategy};
 pub use body::{FileBody, Segment};
 pub use metrics::EngineMetrics;
+use pipe::WritePipe;
 use pool::{BufferPool, Lease, PoolMetrics};
 use transfer::{Direction, Transfer};
 
@@ -190,10 +191,6 @@ pub struct Expect {
 fn to_usize(b: bytesize::ByteSize) -> usize {
     usize::try_from(b.as_u64()).unwrap_or(usize::MAX)
 }
-
-/// Buffers smaller than this are hashed on the receiving task (a blocking hop costs more than
-/// hashing them); larger ones on the blocking pool, in parallel with their write.
-const SPLIT_HASH_MIN: usize = 32 * 1024;
 
 impl Engine {
     pub fn new(
@@ -566,123 +563,8 @@ impl Engine {
     }
 }
 
-/// `spawn_blocking`, tracked when a tracker is given.
-fn spawn_blocking_tracked<F, R>(
-    tracker: &Option<tokio_util::task::TaskTracker>,
-    f: F,
-) -> JoinHandle<R>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    match tracker {
-        Some(t) => t.spawn_blocking(f),
-        None => tokio::task::spawn_blocking(f),
-    }
-}
-
-/// `spawn`, tracked when a tracker is given.
-fn spawn_tracked<F>(tracker: &Option<tokio_util::task::TaskTracker>, f: F) -> JoinHandle<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    match tracker {
-        Some(t) => t.spawn(f),
-        None => tokio::spawn(f),
-    }
-}
-
 impl Failure {
     fn plain(error: EngineError) -> Self {
         Self { error, sink: None }
-    }
-}
-
-/// The upload's storage side: at most one hash and one write in flight, in order.
-struct WritePipe {
-    tracker: Option<tokio_util::task::TaskTracker>,
-    staged: Staged,
-    offset: u64,
-    hasher: Option<Hashers>,
-    written: u64,
-    hash_task: Option<JoinHandle<Hashers>>,
-    write_task: Option<JoinHandle<io::Result<()>>>,
-}
-
-fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, EngineError> {
-    r.map_err(|e| EngineError::Io(io::Error::other(e)))
-}
-
-impl WritePipe {
-    fn new(sink: Sink) -> Self {
-        Self {
-            tracker: sink.tracker,
-            staged: sink.staged,
-            offset: sink.offset,
-            hasher: Some(Hashers {
-                file: sink.hasher,
-                chunk: sink.chunk,
-            }),
-            written: sink.written,
-            hash_task: None,
-            write_task: None,
-        }
-    }
-
-    /// Wait until the previous buffer is hashed and written; returns how long that took.
-    async fn ready(&mut self) -> Result<Duration, EngineError> {
-        let t = Instant::now();
-        if let Some(h) = self.hash_task.take() {
-            self.hasher = Some(joined(h.await)?);
-        }
-        if let Some(w) = self.write_task.take() {
-            joined(w.await)??;
-        }
-        Ok(t.elapsed())
-    }
-
-    /// Hand a full buffer to the store (and the hasher). Call [`WritePipe::ready`] first.
-    fn dispatch(&mut self, buf: Lease) {
-        let Some(mut hasher) = self.hasher.take() else {
-            // ready() was not awaited: a programming error; keep the data path honest.
-            self.write_task = Some(tokio::spawn(async {
-                Err(io::Error::other("engine write pipeline misuse"))
-            }));
-            return;
-        };
-        let data = Bytes::from_owner(buf);
-        let n = data.len() as u64;
-        if data.len() < SPLIT_HASH_MIN {
-            hasher.update(&data);
-            self.hasher = Some(hasher);
-        } else {
-            let for_hash = data.clone();
-            self.hash_task = Some(spawn_blocking_tracked(&self.tracker, move || {
-                hasher.update(&for_hash);
-                hasher
-            }));
-        }
-        let (obj, offset) = (self.staged.object().clone(), self.offset);
-        self.write_task = Some(spawn_tracked(&self.tracker, async move {
-            obj.write_at(offset, data).await
-        }));
-        self.offset += n;
-        self.written += n;
-    }
-
-    async fn finish(mut self) -> Result<Sink, EngineError> {
-        self.ready().await?;
-        match self.hasher.take() {
-            Some(hashers) => Ok(Sink {
-                staged: self.staged,
-                offset: self.offset,
-                hasher: hashers.file,
-                chunk: hashers.chunk,
-                written: self.written,
-                tracker: self.tracker.take(),
-            }),
-            None => Err(EngineError::Io(io::Error::other("engine lost its sink"))),
-        }
     }
 }
