@@ -108,9 +108,15 @@ impl WritePipe {
             }));
         }
         let (obj, offset) = (self.staged.object().clone(), self.offset);
-        self.write_task = Some(spawn_tracked(&self.tracker, async move {
-            obj.write_at(offset, data).await
-        }));
+        self.write_task = Some(if obj.blocking_writes() {
+            // One hop: the write runs on the blocking pool itself.
+            spawn_blocking_tracked(&self.tracker, move || obj.write_blocking(offset, &data))
+        } else {
+            spawn_tracked(
+                &self.tracker,
+                async move { obj.write_at(offset, data).await },
+            )
+        });
         self.offset += n;
         self.written += n;
     }

@@ -90,6 +90,15 @@ async fn staged_data_is_never_visible_before_commit(s: &dyn Store) {
         .write_at(5, Bytes::from_static(b" world"))
         .await
         .unwrap();
+    if staged.blocking_writes() {
+        let obj = staged.object().clone();
+        tokio::task::spawn_blocking(move || obj.write_blocking(11, b"!"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read(&*staged, 0, 12).await.unwrap(), b"hello world!");
+        staged.set_len(11).await.unwrap();
+    }
     assert_eq!(staged.size().await.unwrap(), 11);
     assert_eq!(read(&*staged, 0, 11).await.unwrap(), b"hello world");
     assert!(matches!(

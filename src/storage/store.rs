@@ -67,6 +67,16 @@ pub trait StagedObject: RangeRead {
     fn id(&self) -> &str;
     /// Write `data` at `offset` (the object grows as needed).
     fn write_at(&self, offset: u64, data: Bytes) -> IoFuture<'_, ()>;
+    /// Whether [`StagedObject::write_blocking`] works: the backend's writes block anyway (the
+    /// filesystem), so a caller already on the blocking pool saves a hop per buffer.
+    fn blocking_writes(&self) -> bool {
+        false
+    }
+    /// [`StagedObject::write_at`] on the calling thread (the blocking pool, never an async
+    /// worker), where [`StagedObject::blocking_writes`] says so.
+    fn write_blocking(&self, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Cut (or zero-extend) the object to `len` bytes.
     fn set_len(&self, len: u64) -> IoFuture<'_, ()>;
     fn size(&self) -> IoFuture<'_, u64>;

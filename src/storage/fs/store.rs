@@ -75,6 +75,14 @@ impl StagedObject for FsObject {
         Box::pin(blocking(move || file.write_all_at(&data, offset)))
     }
 
+    fn blocking_writes(&self) -> bool {
+        true
+    }
+
+    fn write_blocking(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
     fn set_len(&self, len: u64) -> IoFuture<'_, ()> {
         let file = self.file.clone();
         Box::pin(blocking(move || file.set_len(len)))
