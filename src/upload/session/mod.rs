@@ -8,9 +8,9 @@
 //! as PUT with the SHA-256 of the whole file (rebuilt from the staged bytes when the in-memory
 //! state is gone).
 //!
-//! By job: this file is the model (sessions, their state, [`SessionError`]); [`persist`]
-//! keeps state and data through the store and recovers them at start-up; [`registry`] finds,
-//! creates, locks and removes sessions; [`ops`] appends, writes chunks and completes.
+//! By job: this file is the model (sessions, their state, [`SessionError`]); `persist`
+//! keeps state and data through the store and recovers them at start-up; `registry` finds,
+//! creates, locks and removes sessions; `ops` appends, writes chunks and completes.
 //! Must not: parse protocol headers (the adapters do), copy bytes itself (the engine does),
 //! touch files (the store does) or answer HTTP (errors are [`SessionError`]s, turned into
 //! `ApiError`s in one place).
