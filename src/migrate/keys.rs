@@ -143,8 +143,8 @@ pub(super) fn secret(c: &mut Ctx, s: &Src) {
 }
 
 pub(super) fn short_secret(c: &mut Ctx) -> String {
-    c.out.notes.push("auth: a secret is shorter than 16 bytes; Sluice will refuse to start until it is replaced (here and in the XMPP server)".into());
-    super::comment("WARNING", "shorter than the 16 bytes Sluice requires: it will refuse to start. Set a longer secret here and in the XMPP server")
+    c.out.notes.push("auth: a secret is shorter than 16 bytes, which Sluice refuses; the key reads a new one from the environment variable named below: set a secret of at least 16 bytes there and in the XMPP server".into());
+    super::comment("WARNING", "the old secret is shorter than the 16 bytes Sluice requires and is not carried over: put a new secret of at least 16 bytes in the environment variable below and in the XMPP server")
 }
 
 pub(super) const MODES: &[&str] = &["v", "v2", "token", "v3"];

@@ -2,7 +2,7 @@
 //! configuration out.
 //!
 //! Owns: reading their TOML as an untyped [`toml::Value`] (their loader is case-insensitive and
-//! has many sections), the key table ([`map`]), unit conversion ([`units`]) and rendering the
+//! has many sections), the key table (`map`), unit conversion (`units`) and rendering the
 //! Sluice TOML with a comment on every key saying where it came from. Every input key ends up
 //! either mapped or in a comment with the reason it has no equivalent; nothing is dropped.
 //! Must not: touch files, the environment or the network (`main` reads and writes), or emit a
@@ -326,7 +326,18 @@ impl Out {
                     s.push_str("\n[[auth.keys]]\n");
                     k.comments.iter().for_each(|c| s.push_str(c));
                     s.push_str(&format!("id = {}\n", Value::from(k.id)));
-                    s.push_str(&format!("secret = {}\n", Value::from(k.secret.as_str())));
+                    if k.secret.len() < 16 {
+                        // Too short to be accepted: the new secret comes from the environment.
+                        s.push_str(&format!(
+                            "secret_env = {}\n",
+                            Value::from(
+                                format!("SLUICE_SECRET_{}", k.id.replace('-', "_").to_uppercase())
+                                    .as_str()
+                            )
+                        ));
+                    } else {
+                        s.push_str(&format!("secret = {}\n", Value::from(k.secret.as_str())));
+                    }
                 }
             }
         }
