@@ -39,20 +39,30 @@ impl<'a> RequestContext<'a> {
         started: Instant,
     ) -> Self {
         let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
-        let forwarded = if config.server.trust_forwarded_for {
+        let lines = |name: &str| -> Vec<&str> {
             req.headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse().ok())
-        } else {
-            None
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
         };
+        let mut proxies = config.server.trusted_proxies.clone();
+        if config.server.trust_forwarded_for {
+            // The older switch: the peer itself is trusted, so the last entry is the client.
+            if let Some(p) = peer {
+                proxies.push(ipnet::IpNet::from(p.ip()));
+            }
+        }
+        let forwarded = crate::net::TrustedProxies::new(proxies).client(
+            peer.map(|p| p.ip()),
+            &lines("forwarded"),
+            &lines("x-forwarded-for"),
+        );
         let ua = req
             .headers()
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok());
-        let mut client = engine.client(forwarded.or(peer.map(|p| p.ip())), ua);
+        let mut client = engine.client(forwarded, ua);
         client.http2 = req.version() == http::Version::HTTP_2;
         Self {
             peer,

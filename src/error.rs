@@ -44,6 +44,8 @@ pub enum ApiError {
     InsufficientStorage(&'static str),
     #[error("this uploader's daily upload quota is used up; retry in {retry_after} s")]
     QuotaExceeded { retry_after: u64 },
+    #[error("too many requests; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
     #[error("unknown upload session")]
     SessionNotFound,
     #[error("upload session has expired or was terminated")]
@@ -107,7 +109,9 @@ impl ApiError {
             ApiError::NoSpace | ApiError::InsufficientStorage(_) => {
                 StatusCode::INSUFFICIENT_STORAGE
             }
-            ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QuotaExceeded { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::SessionNotFound => StatusCode::NOT_FOUND,
             ApiError::SessionGone => StatusCode::GONE,
             ApiError::TooManySessions | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -143,7 +147,7 @@ impl ApiError {
                 res.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::QuotaExceeded { retry_after } => {
+            ApiError::QuotaExceeded { retry_after } | ApiError::RateLimited { retry_after } => {
                 if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
                     res.headers_mut().insert(header::RETRY_AFTER, v);
                 }

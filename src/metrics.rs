@@ -39,6 +39,9 @@ pub struct Metrics {
     /// TLS certificate reloads by result (ok, error).
     pub tls_reloads: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    /// Requests refused by a rate limit, by kind (upload, creation, download) and key
+    /// (address, uploader).
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -166,6 +169,18 @@ impl Metrics {
             "sluice_tls_handshake_failures_total",
             "TLS handshakes that failed or timed out",
         )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "sluice_rate_limited_total",
+                "Requests refused by a rate limit, by kind and key",
+            ),
+            &["kind", "by"],
+        )?;
+        for k in crate::ratelimit::Kind::ALL {
+            for by in ["address", "uploader"] {
+                rate_limited.with_label_values(&[k.label(), by]);
+            }
+        }
         let stored_files = IntGauge::new("sluice_stored_files", "Live stored files")?;
         let stored_bytes = IntGauge::new("sluice_stored_bytes", "Bytes of live stored files")?;
         let free_bytes = IntGauge::new(
@@ -193,6 +208,7 @@ impl Metrics {
         registry.register(Box::new(free_bytes.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -214,6 +230,7 @@ impl Metrics {
             free_bytes,
             tls_reloads,
             tls_handshake_failures,
+            rate_limited,
         })
     }
 

@@ -61,6 +61,9 @@ struct Pair {
 
 pub struct RateLimits {
     clock: GovClock,
+    /// Addresses never limited (a local proxy that carries every client, when it is not
+    /// configured as trusted).
+    exempt: Vec<ipnet::IpNet>,
     upload: Pair,
     creation: Pair,
     download: Pair,
@@ -96,7 +99,30 @@ fn check<K: Hash + Eq + Clone>(
 }
 
 impl RateLimits {
-    pub fn new(cfg: &RateLimitConfig, clock: SharedClock) -> Self {
+    /// Take a token, counting a refusal in the metrics and turning it into the 429.
+    pub fn take(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        kind: Kind,
+        ip: Option<IpAddr>,
+        uploader: Option<&str>,
+    ) -> Result<(), crate::error::ApiError> {
+        let r = match uploader {
+            Some(u) => self.check_uploader(kind, u),
+            None => self.check_ip(kind, ip),
+        };
+        r.map_err(|l| {
+            metrics
+                .rate_limited
+                .with_label_values(&[kind.label(), if l.by_ip { "address" } else { "uploader" }])
+                .inc();
+            crate::error::ApiError::RateLimited {
+                retry_after: l.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
+    }
+
+    pub fn new(cfg: &RateLimitConfig, exempt: Vec<ipnet::IpNet>, clock: SharedClock) -> Self {
         let clock = GovClock(clock);
         let pair = |ip: (u32, u32), user: (u32, u32)| Pair {
             by_ip: keyed(quota(ip.0, ip.1), &clock),
@@ -115,6 +141,7 @@ impl RateLimits {
                 ),
             ),
             download: pair((cfg.downloads_per_minute, cfg.downloads_burst), (0, 0)),
+            exempt,
             clock,
         }
     }
@@ -132,6 +159,13 @@ impl RateLimits {
     pub fn check_ip(&self, kind: Kind, ip: Option<IpAddr>) -> Result<(), Limited> {
         let Some(ip) = ip else { return Ok(()) };
         let key = crate::net::limit_key(ip);
+        if self
+            .exempt
+            .iter()
+            .any(|n| n.contains(&ip) || n.contains(&key))
+        {
+            return Ok(());
+        }
         check(&self.pair(kind).by_ip, &key, &self.clock).map_err(|retry_after| Limited {
             retry_after,
             by_ip: true,
@@ -193,7 +227,7 @@ mod tests {
             uploader_uploads_burst: 2,
             ..RateLimitConfig::default()
         };
-        RateLimits::new(&cfg, clock.clone())
+        RateLimits::new(&cfg, Vec::new(), clock.clone())
     }
 
     fn ip(s: &str) -> Option<IpAddr> {

@@ -282,6 +282,24 @@ async fn dispatch(
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         return r;
     }
+    // Rate limits by client address (the uploader's own limits apply once the grant names
+    // one): uploads, resumable creations and downloads; appends to an upload are not counted.
+    let kind = match (&route, req.method()) {
+        (Route::Put { .. } | Route::PostForm { .. }, _) => Some(crate::ratelimit::Kind::Upload),
+        (Route::Get { .. }, _) => Some(crate::ratelimit::Kind::Download),
+        (Route::Tus { .. } | Route::Resumable { .. } | Route::Chunked, &Method::POST) => {
+            Some(crate::ratelimit::Kind::Creation)
+        }
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        if let Err(e) = state
+            .rate_limits
+            .take(&state.metrics, kind, ctx.client.ip, None)
+        {
+            return e.into_response();
+        }
+    }
     let result = match route {
         Route::Health => Ok(response::text(StatusCode::OK, "ok\n")),
         Route::Metrics => {

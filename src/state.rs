@@ -39,6 +39,8 @@ pub struct AppState {
     pub clock: crate::clock::SharedClock,
     /// Storage cap, free-space reserve and quota accounting.
     pub space: Arc<crate::ops::space::Space>,
+    /// Rate limits per client address and uploader.
+    pub rate_limits: crate::ratelimit::RateLimits,
     /// The audit log (a no-op when `[audit] path` is unset).
     pub audit: crate::admin::audit::Audit,
     /// The admin API's token (`None`: the admin API is off).
@@ -91,6 +93,11 @@ impl AppState {
             .catalog()
             .stats(0)
             .map_err(crate::storage::StorageError::from)?;
+        let rate_limits = crate::ratelimit::RateLimits::new(
+            &config.rate_limit,
+            config.server.connection_cap_exempt.clone(),
+            clock.clone(),
+        );
         let space = Arc::new(crate::ops::space::Space::new(
             &config,
             totals.files,
@@ -132,6 +139,7 @@ impl AppState {
             download_rules,
             clock,
             space,
+            rate_limits,
             audit,
             admin_token,
         }))

@@ -118,8 +118,9 @@ pub struct ServerConfig {
     /// Cap on connections open at once from one client address (IPv6 addresses grouped by
     /// their /64); more are closed at once. 0 = no per-client cap.
     pub max_connections_per_client: usize,
-    /// Client addresses the per-client cap does not count: a local reverse proxy carries
-    /// every client on one address.
+    /// Client addresses the per-client connection cap and the rate limits do not count: a
+    /// local reverse proxy carries every client on one address (configure it in
+    /// `trusted_proxies` to limit its clients one by one).
     pub connection_cap_exempt: Vec<ipnet::IpNet>,
     /// A response must reach the client at this many bytes per second at least, measured over
     /// each `send_timeout` window in which its writes block; a slower reader is disconnected
@@ -134,6 +135,11 @@ pub struct ServerConfig {
     /// Behind a reverse proxy: take the client address for per-client sizing history from the
     /// last `X-Forwarded-For` entry. Used for buffer sizing only, never for authorisation.
     pub trust_forwarded_for: bool,
+    /// Reverse proxies (CIDR) whose `Forwarded` / `X-Forwarded-For` headers are believed: the
+    /// client is the rightmost hop that is not one of them. Used for rate limits, the engine's
+    /// per-client history and the audit log; never for authorisation. A unix-socket peer
+    /// always counts as a trusted local proxy.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ServerConfig {
@@ -176,6 +182,7 @@ impl Default for ServerConfig {
             blocking_threads: 64,
             drain_limit: ByteSize::mib(64),
             trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -193,6 +193,16 @@ where
             tracker.clone(),
         ));
     }
+    // Idle rate-limit keys go, so their memory is bounded by the clients of the last minute.
+    let (st, stop2) = (state.clone(), stop.clone());
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop2.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(60)) => st.rate_limits.evict_idle(),
+            }
+        }
+    });
     // Always: SIGHUP must never end the process (its default action), TLS or not.
     tracker.spawn(cert_reload_loop(stores, state.clone(), stop.clone()));
     shutdown.await;

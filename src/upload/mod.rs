@@ -84,6 +84,14 @@ pub async fn authorize_creation(
     file_name_hint: Option<&str>,
 ) -> Result<CreationGrant, ApiError> {
     let grant = creation_grant(state, headers, query, target, signed_len, file_name_hint)?;
+    if let Some(u) = grant.uploader.as_deref() {
+        state.rate_limits.take(
+            &state.metrics,
+            crate::ratelimit::Kind::Creation,
+            None,
+            Some(u),
+        )?;
+    }
     if let Some(len) = signed_len.or(grant.grant_size) {
         drop(crate::ops::space::admit(state, grant.uploader.as_deref(), len).await?);
     }

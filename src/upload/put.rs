@@ -123,6 +123,14 @@ async fn prepare(
         now: std::time::UNIX_EPOCH + state.clock.since_epoch(),
     })?;
     let uploader = super::uploader_of(state, &grant, &path);
+    if let Some(u) = uploader.as_deref() {
+        state.rate_limits.take(
+            &state.metrics,
+            crate::ratelimit::Kind::Upload,
+            None,
+            Some(u),
+        )?;
+    }
     let reservation = crate::ops::space::admit(state, uploader.as_deref(), len).await?;
     // Early conflict check (the commit re-checks atomically), then staging.
     state.storage.check_free(&path).await?;

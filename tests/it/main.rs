@@ -9,6 +9,7 @@ mod clients;
 mod common;
 mod digest;
 mod download;
+mod edge;
 mod engine;
 mod hardening;
 mod ietf;
