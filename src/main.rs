@@ -107,7 +107,7 @@ fn main() -> Result<()> {
                 .enable_all()
                 .max_blocking_threads(blocking)
                 .build()?
-                .block_on(serve(settings))
+                .block_on(serve(settings, cli.config.clone()))
         }
     }
 }
@@ -174,11 +174,15 @@ fn init_tracing() {
         .init();
 }
 
-async fn serve(settings: Settings) -> Result<()> {
+async fn serve(settings: Settings, config_file: Option<PathBuf>) -> Result<()> {
     let addrs = settings.config.server.listen.clone();
     let admin_addr = settings.config.admin.listen;
     let tls_config = settings.config.tls.clone();
     let state = sluice::state::AppState::new(settings).await?;
+    if let Some(f) = config_file {
+        // SIGHUP (`systemctl reload`) re-reads it.
+        let _ = state.config_file.set(f);
+    }
     let mut listeners = inherited_listeners()?;
     if listeners.is_empty() {
         for a in &addrs {
@@ -205,7 +209,7 @@ async fn serve(settings: Settings) -> Result<()> {
         None => None,
     };
     let mut unix = Vec::new();
-    let server_cfg = &state.config.server;
+    let server_cfg = &state.config().server;
     for p in &server_cfg.unix_listen {
         let l = sluice::server::unix::bind(
             p,

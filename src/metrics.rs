@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Requests refused by a rate limit, by kind (upload, creation, download) and key
     /// (address, uploader).
     pub rate_limited: IntCounterVec,
+    /// Configuration reloads (SIGHUP) by result (ok, error).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -181,6 +183,16 @@ impl Metrics {
                 rate_limited.with_label_values(&[k.label(), by]);
             }
         }
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "sluice_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result",
+            ),
+            &["result"],
+        )?;
+        for r in ["ok", "error"] {
+            config_reloads.with_label_values(&[r]);
+        }
         let stored_files = IntGauge::new("sluice_stored_files", "Live stored files")?;
         let stored_bytes = IntGauge::new("sluice_stored_bytes", "Bytes of live stored files")?;
         let free_bytes = IntGauge::new(
@@ -209,6 +221,7 @@ impl Metrics {
         registry.register(Box::new(tls_reloads.clone()))?;
         registry.register(Box::new(tls_handshake_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -231,6 +244,7 @@ impl Metrics {
             tls_reloads,
             tls_handshake_failures,
             rate_limited,
+            config_reloads,
         })
     }
 

@@ -162,7 +162,7 @@ pub async fn handle(
     let route = Route::parse(
         req.method(),
         req.uri().path(),
-        &state.config.server.url_prefix,
+        &state.config().server.url_prefix,
     );
     let method = method_label(req.method());
     // Only the path is logged: never the query (MACs) or Authorization.
@@ -183,7 +183,9 @@ pub async fn handle(
             r
         }
         None => {
-            let ctx = RequestContext::new(&state.config, &state.engine, route_name, &req, started);
+            // One configuration snapshot for the whole request (a reload never mixes two).
+            let config = state.config();
+            let ctx = RequestContext::new(&config, &state.engine, route_name, &req, started);
             dispatch(&state, &ctx, route, req).instrument(span).await
         }
     };
@@ -203,7 +205,7 @@ pub async fn handle(
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     if route_name != "preflight" {
-        response::apply_cors(&state.config.cors, origin.as_ref(), res.headers_mut());
+        response::apply_cors(&state.config().cors, origin.as_ref(), res.headers_mut());
     }
     state
         .metrics
@@ -233,8 +235,8 @@ fn wrap_body(
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let policy = crate::body::DrainPolicy {
-        limit: state.config.server.drain_limit.as_u64(),
-        idle: state.config.server.body_idle_timeout,
+        limit: state.config().server.drain_limit.as_u64(),
+        idle: state.config().server.body_idle_timeout,
     };
     req.map(|b| ReqBody::new(b, declared, awaiting_continue, policy, body_state))
 }
@@ -273,7 +275,7 @@ async fn dispatch(
     route: Route,
     req: Request<ReqBody>,
 ) -> Response<ResBody> {
-    if head_size(&req) > state.config.server.max_header_size.as_u64() {
+    if head_size(&req) > state.config().server.max_header_size.as_u64() {
         let mut r = response::text(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request head is larger than the limit\n",
@@ -294,6 +296,7 @@ async fn dispatch(
     };
     if let Some(kind) = kind {
         if let Err(e) = state
+            .live()
             .rate_limits
             .take(&state.metrics, kind, ctx.client.ip, None)
         {
@@ -316,7 +319,8 @@ async fn dispatch(
             Ok(r)
         }
         Route::Preflight { tus, resumable } => {
-            let mut r = response::preflight(&state.config.cors, req.headers().get(header::ORIGIN));
+            let mut r =
+                response::preflight(&state.config().cors, req.headers().get(header::ORIGIN));
             if tus {
                 crate::upload::tus::options(state, &mut r);
             }

@@ -20,58 +20,22 @@ pub enum StateError {
     Sessions(#[from] crate::upload::session::SessionError),
 }
 
-pub struct AppState {
-    pub config: Config,
-    /// Where files live (the filesystem backend; any [`Store`] will do).
-    pub storage: Arc<dyn Store>,
+/// What a configuration reload replaces at once: a request reads one snapshot
+/// ([`AppState::live`]) and never mixes two configurations.
+pub struct Live {
+    pub config: Arc<Config>,
     pub auth: Authorizer,
-    pub engine: Engine,
-    pub metrics: Metrics,
-    /// Hot small files (see `download::cache`).
-    pub hot: crate::download::cache::HotCache,
-    /// Resumable upload sessions (`None` when `[resumable] enabled = false`).
-    pub sessions: Option<Arc<SessionStore>>,
     /// Rules for uploads (with extension lists).
     pub upload_rules: PathRules,
     /// Rules for downloads (shape only: a file stored before a list change stays reachable).
     pub download_rules: PathRules,
-    /// Time for expiry, quotas and caches (a manual clock in tests).
-    pub clock: crate::clock::SharedClock,
-    /// Storage cap, free-space reserve and quota accounting.
-    pub space: Arc<crate::ops::space::Space>,
-    /// Rate limits per client address and uploader.
+    /// Rate limits per client address and uploader (new buckets after a reload).
     pub rate_limits: crate::ratelimit::RateLimits,
-    /// The audit log (a no-op when `[audit] path` is unset).
-    pub audit: crate::admin::audit::Audit,
-    /// The admin API's token (`None`: the admin API is off).
-    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
-impl AppState {
-    pub async fn new(settings: Settings) -> Result<Arc<Self>, StateError> {
-        Self::with_clock(settings, Arc::new(crate::clock::SystemClock)).await
-    }
-
-    /// Like [`AppState::new`], with time from `clock` (tests pass a manual clock).
-    pub async fn with_clock(
-        settings: Settings,
-        clock: crate::clock::SharedClock,
-    ) -> Result<Arc<Self>, StateError> {
+impl Live {
+    fn build(settings: Settings, clock: crate::clock::SharedClock) -> Self {
         let config = settings.config;
-        let audit = crate::admin::audit::Audit::new(&config.audit, clock.clone());
-        let admin_token = settings
-            .admin_token
-            .map(|k| crate::admin::AdminToken::new(&k.secret));
-        let storage: Arc<dyn Store> = Arc::new(FsStorage::open(
-            &config.storage.dir,
-            config.storage.durability,
-        )?);
-        let metrics = Metrics::new()?;
-        let engine = Engine::new(
-            &config.engine,
-            config.server.body_idle_timeout,
-            &metrics.registry,
-        )?;
         let lower = |v: &Vec<String>| v.iter().map(|e| e.to_ascii_lowercase()).collect();
         let upload_rules = PathRules {
             max_filename_bytes: config.storage.max_filename_bytes,
@@ -89,15 +53,75 @@ impl AppState {
             config.auth.modes.clone(),
             config.auth.clock_skew,
         );
+        let rate_limits = crate::ratelimit::RateLimits::new(
+            &config.rate_limit,
+            config.server.connection_cap_exempt.clone(),
+            clock,
+        );
+        Self {
+            config: Arc::new(config),
+            auth,
+            upload_rules,
+            download_rules,
+            rate_limits,
+        }
+    }
+}
+
+pub struct AppState {
+    /// The reloadable part (configuration, key ring, path rules, rate limits).
+    live: arc_swap::ArcSwap<Live>,
+    /// Where files live (the filesystem backend; any [`Store`] will do).
+    pub storage: Arc<dyn Store>,
+    pub engine: Engine,
+    pub metrics: Metrics,
+    /// Hot small files (see `download::cache`).
+    pub hot: crate::download::cache::HotCache,
+    /// Resumable upload sessions (`None` when `[resumable] enabled = false`).
+    pub sessions: Option<Arc<SessionStore>>,
+    /// Time for expiry, quotas and caches (a manual clock in tests).
+    pub clock: crate::clock::SharedClock,
+    /// Storage cap, free-space reserve and quota accounting.
+    pub space: Arc<crate::ops::space::Space>,
+    /// The audit log (a no-op when `[audit] path` is unset).
+    pub audit: crate::admin::audit::Audit,
+    /// The admin API's token (`None`: the admin API is off).
+    pub admin_token: Option<crate::admin::AdminToken>,
+    /// The configuration file, re-read on SIGHUP (unset: the embedded default, no reload).
+    pub config_file: std::sync::OnceLock<std::path::PathBuf>,
+}
+
+impl AppState {
+    pub async fn new(settings: Settings) -> Result<Arc<Self>, StateError> {
+        Self::with_clock(settings, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// Like [`AppState::new`], with time from `clock` (tests pass a manual clock).
+    pub async fn with_clock(
+        settings: Settings,
+        clock: crate::clock::SharedClock,
+    ) -> Result<Arc<Self>, StateError> {
+        let admin_token = settings
+            .admin_token
+            .as_ref()
+            .map(|k| crate::admin::AdminToken::new(&k.secret));
+        let live = Live::build(settings, clock.clone());
+        let config = live.config.clone();
+        let audit = crate::admin::audit::Audit::new(&config.audit, clock.clone());
+        let storage: Arc<dyn Store> = Arc::new(FsStorage::open(
+            &config.storage.dir,
+            config.storage.durability,
+        )?);
+        let metrics = Metrics::new()?;
+        let engine = Engine::new(
+            &config.engine,
+            config.server.body_idle_timeout,
+            &metrics.registry,
+        )?;
         let totals = storage
             .catalog()
             .stats(0)
             .map_err(crate::storage::StorageError::from)?;
-        let rate_limits = crate::ratelimit::RateLimits::new(
-            &config.rate_limit,
-            config.server.connection_cap_exempt.clone(),
-            clock.clone(),
-        );
         let space = Arc::new(crate::ops::space::Space::new(
             &config,
             totals.files,
@@ -129,19 +153,139 @@ impl AppState {
         );
         Ok(Arc::new(Self {
             hot,
-            config,
+            live: arc_swap::ArcSwap::from_pointee(live),
             storage,
-            auth,
             engine,
             metrics,
             sessions,
-            upload_rules,
-            download_rules,
             clock,
             space,
-            rate_limits,
             audit,
             admin_token,
+            config_file: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Re-read the configuration file (SIGHUP, `systemctl reload`). An invalid file is
+    /// refused with a log line and the running configuration stays.
+    pub fn reload_from_file(&self) {
+        let Some(path) = self.config_file.get() else {
+            tracing::info!("SIGHUP: no configuration file (embedded default); nothing to reload");
+            return;
+        };
+        let result = Config::from_file(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.resolve().map_err(|e| e.to_string()));
+        let label = match result {
+            Ok(settings) => {
+                let restart = self.reload(settings);
+                if restart.is_empty() {
+                    tracing::info!(file = %path.display(), "configuration reloaded");
+                } else {
+                    tracing::warn!(
+                        file = %path.display(),
+                        needs_restart = ?restart,
+                        "configuration reloaded; these changes take effect after a restart"
+                    );
+                }
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "configuration not reloaded; the running one stays");
+                "error"
+            }
+        };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
+    }
+
+    /// The current reloadable snapshot.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// The current configuration (a snapshot: hold it for a whole request).
+    pub fn config(&self) -> Arc<Config> {
+        self.live.load().config.clone()
+    }
+
+    /// Apply a new configuration: the key ring, limits, path rules, retention and quotas,
+    /// CORS, rate limits and download settings take effect for the next request. Returns the
+    /// keys that differ but only take effect after a restart (listeners, storage, engine,
+    /// resumable sessions, server timeouts and caps, the admin API, the audit log).
+    pub fn reload(&self, settings: Settings) -> Vec<&'static str> {
+        let old = self.config();
+        let new = &settings.config;
+        let mut restart = Vec::new();
+        let mut differs = |name: &'static str, same: bool| {
+            if !same {
+                restart.push(name);
+            }
+        };
+        let s = |c: &Config| toml::to_string(&c.server).unwrap_or_default();
+        let mut server_old = old.server.clone();
+        let mut server_new = new.server.clone();
+        // Read per request: these do change live.
+        server_old.url_prefix.clear();
+        server_new.url_prefix.clear();
+        server_old.trusted_proxies.clear();
+        server_new.trusted_proxies.clear();
+        server_old.trust_forwarded_for = false;
+        server_new.trust_forwarded_for = false;
+        server_old.max_header_size = server_new.max_header_size;
+        server_old.drain_limit = server_new.drain_limit;
+        differs("server (listeners, timeouts, connection caps)", {
+            let a = Config {
+                server: server_old,
+                ..Config::default()
+            };
+            let b = Config {
+                server: server_new,
+                ..Config::default()
+            };
+            s(&a) == s(&b)
+        });
+        differs("storage.dir", old.storage.dir == new.storage.dir);
+        differs(
+            "storage.durability",
+            old.storage.durability == new.storage.durability,
+        );
+        differs(
+            "storage.max_total_size / min_free_space",
+            old.storage.max_total_size == new.storage.max_total_size
+                && old.storage.min_free_space == new.storage.min_free_space,
+        );
+        let t = |v: &dyn erased::Ser| v.render();
+        differs("engine", t(&old.engine) == t(&new.engine));
+        differs("resumable", t(&old.resumable) == t(&new.resumable));
+        differs("admin", t(&old.admin) == t(&new.admin));
+        differs("audit", t(&old.audit) == t(&new.audit));
+        differs("tls listeners", t(&old.tls) == t(&new.tls));
+        differs(
+            "download.hot_cache / hot_cache_ttl",
+            old.download.hot_cache == new.download.hot_cache
+                && old.download.hot_cache_ttl == new.download.hot_cache_ttl,
+        );
+        self.live
+            .store(Arc::new(Live::build(settings, self.clock.clone())));
+        restart
+    }
+}
+
+/// Comparing config tables by their TOML rendering (they carry no `PartialEq`).
+mod erased {
+    pub trait Ser {
+        fn render(&self) -> String;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn render(&self) -> String {
+            toml::to_string(&Wrap { v: self }).unwrap_or_default()
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct Wrap<'a, T: serde::Serialize> {
+        v: &'a T,
     }
 }

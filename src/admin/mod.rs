@@ -110,7 +110,7 @@ pub async fn serve(
     let token = Arc::new(token);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
-    let cfg = &state.config.server;
+    let cfg = &state.config().server;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -155,7 +155,7 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(state.config.server.shutdown_grace) => {}
+        _ = tokio::time::sleep(state.config().server.shutdown_grace) => {}
     }
 }
 

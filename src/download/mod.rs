@@ -129,7 +129,7 @@ pub async fn handle(
     head: bool,
     req: Request<ReqBody>,
 ) -> Result<Response<ResBody>, ApiError> {
-    let path = match StoredPath::parse(raw_path, &state.download_rules) {
+    let path = match StoredPath::parse(raw_path, &state.live().download_rules) {
         Ok(p) => p,
         // A path that could never have been stored is simply not found.
         Err(_) => return Err(ApiError::NotFound),
@@ -191,7 +191,7 @@ pub async fn handle(
                 res.headers_mut(),
                 &meta,
                 path.file_name(),
-                &state.config.download.cache_control,
+                &ctx.config.download.cache_control,
             );
             for k in [
                 header::CONTENT_TYPE,
@@ -208,11 +208,11 @@ pub async fn handle(
         res.headers_mut(),
         &meta,
         path.file_name(),
-        &state.config.download.cache_control,
+        &ctx.config.download.cache_control,
     );
     let range_header = single(h, header::RANGE);
     let outcome = if honour_range {
-        range::resolve(range_header, meta.size, state.config.download.max_ranges)
+        range::resolve(range_header, meta.size, ctx.config.download.max_ranges)
     } else {
         range::RangeOutcome::Full
     };

@@ -64,7 +64,7 @@ pub struct SweepReport {
 pub async fn sweep(state: &Arc<AppState>) -> Result<SweepReport, ApiError> {
     let started = Instant::now();
     let mut report = SweepReport::default();
-    let batch = state.config.retention.sweep_batch;
+    let batch = state.config().retention.sweep_batch;
     loop {
         let now = state.clock.now_secs();
         let storage = state.storage.clone();

@@ -227,7 +227,7 @@ async fn quota_figures(
     uploader: &str,
     bytes: u64,
 ) -> Result<Option<QuotaCheck>, ApiError> {
-    let q = &state.config.quota;
+    let q = &state.config().quota;
     let (daily, stored_max) = (q.daily.as_u64(), q.stored.as_u64());
     if daily == 0 && stored_max == 0 {
         return Ok(None);

@@ -32,7 +32,7 @@ const H2_STREAM_SEND_BUF: usize = 128 * 1024;
 const JUST_ACCEPTED_GRACE: Duration = Duration::from_millis(250);
 
 fn builder(state: &AppState) -> auto::Builder<TokioExecutor> {
-    let cfg = &state.config.server;
+    let cfg = &state.config().server;
     let max_header = usize::try_from(cfg.max_header_size.as_u64()).unwrap_or(usize::MAX);
     let read_buffer = usize::try_from(cfg.read_buffer.as_u64()).unwrap_or(usize::MAX);
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -126,22 +126,22 @@ where
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let limits = ConnLimits {
-        total: Arc::new(Semaphore::new(state.config.server.max_connections)),
+        total: Arc::new(Semaphore::new(state.config().server.max_connections)),
         per_client: Arc::new(PerClient::new(
-            state.config.server.max_connections_per_client,
-            state.config.server.connection_cap_exempt.clone(),
+            state.config().server.max_connections_per_client,
+            state.config().server.connection_cap_exempt.clone(),
         )),
     };
     if let Some(store) = state.sessions.clone() {
         tracker.spawn(crate::upload::session::sweep_loop(
             store,
-            state.config.resumable.sweep_interval,
+            state.config().resumable.sweep_interval,
             stop.clone(),
         ));
     }
     tracker.spawn(crate::ops::sweep_loop(
         state.clone(),
-        state.config.retention.sweep_interval,
+        state.config().retention.sweep_interval,
         stop.clone(),
     ));
     match (admin, state.admin_token.clone()) {
@@ -199,7 +199,7 @@ where
         loop {
             tokio::select! {
                 _ = stop2.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(60)) => st.rate_limits.evict_idle(),
+                _ = tokio::time::sleep(Duration::from_secs(60)) => st.live().rate_limits.evict_idle(),
             }
         }
     });
@@ -211,7 +211,7 @@ where
     tracker.close();
     // Each accept loop drains its own connections within the grace period; the sweeper stops
     // on `stop`. Connections still open after that are dropped with the runtime.
-    let grace = state.config.server.shutdown_grace;
+    let grace = state.config().server.shutdown_grace;
     if tokio::time::timeout(grace + Duration::from_secs(1), tracker.wait())
         .await
         .is_err()
@@ -313,20 +313,24 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Reload TLS certificates on SIGHUP and when their files change, until `stop`.
+/// On SIGHUP reload the configuration and the TLS certificates; reload certificates when
+/// their files change, until `stop`.
 async fn cert_reload_loop(
     stores: Vec<Arc<tls::CertStore>>,
     state: Arc<AppState>,
     stop: CancellationToken,
 ) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let every = state.config.server.tls_check_interval;
+    let every = state.config().server.tls_check_interval;
     loop {
         let forced = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => false,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
+        if forced {
+            state.reload_from_file();
+        }
         for s in &stores {
             let r = if forced {
                 s.reload().map(|()| true)
@@ -358,7 +362,7 @@ async fn accept_loop<L: Acceptor>(
     tracker: TaskTracker,
 ) {
     let builder = Arc::new(builder(&state));
-    let cfg = &state.config.server;
+    let cfg = &state.config().server;
     let io_limits = io::Limits {
         first_bytes_timeout: cfg.header_read_timeout,
         send_timeout: cfg.send_timeout,
@@ -478,7 +482,7 @@ async fn accept_loop<L: Acceptor>(
     }
     // Stop accepting; let this listener's connections finish within the grace period.
     drop(listener);
-    let grace = state.config.server.shutdown_grace;
+    let grace = state.config().server.shutdown_grace;
     // A connection accepted a moment ago has not had its request read yet, and hyper's
     // graceful shutdown would close it unanswered: give such clients a moment to send it (it
     // is then served and the connection closed after the response). With the listening socket

@@ -100,7 +100,7 @@ async fn handle_inner(
                 .ok_or(ApiError::BadRequest(
                     "X-Total-Size must be a non-negative integer",
                 ))?;
-        let max = state.config.storage.max_file_size.as_u64();
+        let max = ctx.config.storage.max_file_size.as_u64();
         if total > max {
             return Err(ApiError::TooLarge { max });
         }

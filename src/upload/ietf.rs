@@ -142,8 +142,8 @@ pub fn options(state: &AppState, version: u32, res: &mut Response<ResBody>) {
     }
     // -05 §8.2, -06..-09 §4.1.4: `Upload-Limit` MUST be in the OPTIONS response of a creation
     // target; -10/-11 §4.1.4: SHOULD. Before any upload exists the lifetime is the full ttl.
-    let ttl = state.config.resumable.session_ttl.as_secs();
-    let max_size = state.config.storage.max_file_size.as_u64();
+    let ttl = state.config().resumable.session_ttl.as_secs();
+    let max_size = state.config().storage.max_file_size.as_u64();
     if let Some(limit) = upload_limit(max_size, version, ttl) {
         set(res, "upload-limit", &limit);
     }
@@ -165,7 +165,7 @@ fn set_complete(r: &mut Response<ResBody>, version: u32, complete: bool) {
 }
 
 fn location(state: &AppState, id: &str) -> String {
-    format!("{}/resumable/{id}", state.config.server.url_prefix)
+    format!("{}/resumable/{id}", state.config().server.url_prefix)
 }
 
 /// RFC 9457 problem types of the drafts, and the interop version that defines each.
@@ -382,7 +382,7 @@ fn offset_response(
         .as_ref()
         .map_or_else(crate::upload::unix_now, |s| s.now());
     let lifetime = m.expires_at.saturating_sub(now);
-    let max_size = state.config.storage.max_file_size.as_u64();
+    let max_size = state.config().storage.max_file_size.as_u64();
     if let Some(limit) = upload_limit(max_size, version, lifetime) {
         set(&mut r, "upload-limit", &limit);
     }
@@ -496,7 +496,7 @@ async fn append(
         }
     }
     let m = s.meta();
-    let max_file = state.config.storage.max_file_size.as_u64();
+    let max_file = ctx.config.storage.max_file_size.as_u64();
     let known = m.length.or(m.grant_size).filter(|&l| l <= max_file);
     let remaining = known.unwrap_or(max_file).saturating_sub(m.offset);
     if content_length.is_some_and(|n| n > remaining) {
@@ -635,7 +635,7 @@ async fn create(
         }
     }
     let length = length.or(implied);
-    let max_file = state.config.storage.max_file_size.as_u64();
+    let max_file = ctx.config.storage.max_file_size.as_u64();
     if length.is_some_and(|l| l > max_file) || content_length.is_some_and(|l| l > max_file) {
         return Err(ApiError::TooLarge { max: max_file }.into());
     }

@@ -32,7 +32,7 @@ pub const RESERVED_SEGMENTS: &[&str] = &[
 
 /// Path rules for a new upload target, plus the reserved first segments.
 pub fn target_path(state: &AppState, decoded: &str) -> Result<StoredPath, ApiError> {
-    let p = StoredPath::parse(decoded, &state.upload_rules)?;
+    let p = StoredPath::parse(decoded, &state.live().upload_rules)?;
     let first = p.as_str().split('/').next().unwrap_or("");
     if RESERVED_SEGMENTS.contains(&first) {
         return Err(ApiError::BadRequest(
@@ -65,7 +65,7 @@ pub fn uploader_of(
         let (first, rest) = path.as_str().split_once('/')?;
         (!rest.is_empty()
             && state
-                .config
+                .config()
                 .quota
                 .uploader_from_first_segment
                 .contains(&grant.mode))
@@ -85,7 +85,7 @@ pub async fn authorize_creation(
 ) -> Result<CreationGrant, ApiError> {
     let grant = creation_grant(state, headers, query, target, signed_len, file_name_hint)?;
     if let Some(u) = grant.uploader.as_deref() {
-        state.rate_limits.take(
+        state.live().rate_limits.take(
             &state.metrics,
             crate::ratelimit::Kind::Creation,
             None,
@@ -107,7 +107,7 @@ fn creation_grant(
     file_name_hint: Option<&str>,
 ) -> Result<CreationGrant, ApiError> {
     let Some(target) = target.filter(|t| !t.is_empty()) else {
-        if !state.config.resumable.allow_anonymous {
+        if !state.config().resumable.allow_anonymous {
             return Err(ApiError::Auth(crate::auth::AuthError::Missing));
         }
         let mut raw = [0u8; 12];
@@ -134,7 +134,7 @@ fn creation_grant(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let grant = state.auth.authorize(&GrantRequest {
+    let grant = state.live().auth.authorize(&GrantRequest {
         method: "PUT",
         path: target.as_str(),
         query,
@@ -217,7 +217,7 @@ pub fn file_url(state: &AppState, path: &StoredPath) -> String {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
         })
         .collect();
-    format!("{}/{}", state.config.server.url_prefix, encoded.join("/"))
+    format!("{}/{}", state.config().server.url_prefix, encoded.join("/"))
 }
 
 /// Whether a client-supplied media type may be stored and later sent as `Content-Type`.

@@ -34,7 +34,7 @@ pub async fn handle(
     let boundary = multer::parse_boundary(ct).map_err(|_| {
         ApiError::UnsupportedMediaType("POST of a file needs multipart/form-data with a boundary")
     })?;
-    let max = state.config.storage.max_file_size.as_u64();
+    let max = ctx.config.storage.max_file_size.as_u64();
     let grant = super::authorize_creation(
         state,
         req.headers(),
@@ -102,7 +102,7 @@ pub async fn handle(
         content_type: content_type.clone(),
         uploaded_at: now,
         expires_at: state
-            .config
+            .config()
             .retention
             .expires_at(target.as_str(), now, grant.file_expires),
         uploader: grant.uploader.clone(),

@@ -95,7 +95,7 @@ async fn prepare(
     raw_path: &str,
     parts: &http::request::Parts,
 ) -> Result<Prepared, ApiError> {
-    let max = state.config.storage.max_file_size.as_u64();
+    let max = state.config().storage.max_file_size.as_u64();
     // No Content-Length and no Transfer-Encoding: an HTTP/1.1 request without a body (RFC 9112
     // §6.3), i.e. length 0. A chunked body of unknown length is refused: XEP-0363 clients
     // always send a fixed length.
@@ -113,7 +113,7 @@ async fn prepare(
     }
     let digests = crate::digest::whole_upload_claims(&parts.headers)?;
     let path = super::target_path(state, raw_path)?;
-    let grant = state.auth.authorize(&GrantRequest {
+    let grant = state.live().auth.authorize(&GrantRequest {
         method: parts.method.as_str(),
         path: path.as_str(),
         query: parts.uri.query(),
@@ -124,7 +124,7 @@ async fn prepare(
     })?;
     let uploader = super::uploader_of(state, &grant, &path);
     if let Some(u) = uploader.as_deref() {
-        state.rate_limits.take(
+        state.live().rate_limits.take(
             &state.metrics,
             crate::ratelimit::Kind::Upload,
             None,
@@ -195,7 +195,7 @@ async fn receive_and_commit(
         sha256: sha256.clone(),
         content_type: prep.content_type,
         uploaded_at: now,
-        expires_at: state.config.retention.expires_at(
+        expires_at: state.config().retention.expires_at(
             prep.path.as_str(),
             now,
             prep.grant.file_expires,

@@ -103,7 +103,7 @@ pub fn options(state: &AppState, res: &mut Response<ResBody>) {
     set(
         res,
         "tus-max-size",
-        &state.config.storage.max_file_size.as_u64().to_string(),
+        &state.config().storage.max_file_size.as_u64().to_string(),
     );
     set(res, "tus-checksum-algorithm", CHECKSUM_ALGORITHMS);
 }
@@ -187,7 +187,7 @@ fn body_in(h: &HeaderMap) -> bool {
 }
 
 fn location(state: &AppState, id: &str) -> String {
-    format!("{}/tus/{id}", state.config.server.url_prefix)
+    format!("{}/tus/{id}", state.config().server.url_prefix)
 }
 
 async fn head(state: &Arc<AppState>, s: &Arc<Session>) -> Result<Response<ResBody>, ApiError> {
@@ -250,7 +250,7 @@ async fn patch(
     if m.completed {
         return Err(ApiError::Conflict("upload is already complete"));
     }
-    let max_file = state.config.storage.max_file_size.as_u64();
+    let max_file = ctx.config.storage.max_file_size.as_u64();
     if let Some(l) = new_length {
         if m.length.is_some_and(|cur| cur != l) {
             return Err(ApiError::BadRequest("Upload-Length cannot be changed"));
@@ -335,7 +335,7 @@ async fn create(
 ) -> Result<Response<ResBody>, ApiError> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     let h = req.headers().clone();
-    let max_file = state.config.storage.max_file_size.as_u64();
+    let max_file = ctx.config.storage.max_file_size.as_u64();
     let concat = hv(&h, "upload-concat");
     if let Some(c) = concat.as_deref().and_then(|c| c.strip_prefix("final;")) {
         return create_final(state, rest, c, req).await;
@@ -488,7 +488,7 @@ async fn create_final(
             "Upload-Concat: final needs at least one part",
         ));
     }
-    let max_file = state.config.storage.max_file_size.as_u64();
+    let max_file = state.config().storage.max_file_size.as_u64();
     if total > max_file {
         return Err(ApiError::TooLarge { max: max_file });
     }

@@ -108,8 +108,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let admin_addr = state.config.admin.listen;
-        let tls_addrs = state.config.tls.iter().map(|t| t.listen).collect();
+        let admin_addr = state.config().admin.listen;
+        let tls_addrs = state.config().tls.iter().map(|t| t.listen).collect();
         let tls = tls_listeners
             .into_iter()
             .map(|(listener, cert, key)| sluice::server::TlsListener {
@@ -118,7 +118,7 @@ impl TestServer {
             })
             .collect();
         let unix = state
-            .config
+            .config()
             .server
             .unix_listen
             .iter()

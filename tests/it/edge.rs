@@ -103,3 +103,111 @@ async fn forwarding_headers_count_only_from_trusted_proxies() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// The server's current config turned into settings again, changed by `f`.
+fn changed(
+    s: &TestServer,
+    f: impl FnOnce(&mut sluice::config::Config),
+) -> sluice::config::Settings {
+    let mut c = (*s.state.config()).clone();
+    f(&mut c);
+    c.validate().unwrap();
+    c.resolve().unwrap()
+}
+
+#[tokio::test]
+async fn reload_rotates_keys_and_limits_at_once() {
+    let s = TestServer::start().await;
+    let other = "rotated-secret-0123456789abcdef";
+    let sign = |secret: &str, path: &str, len: u64| {
+        let m = sluice::auth::mac::sign_hex(
+            secret.as_bytes(),
+            &sluice::auth::mac::message_v1(path, len),
+        );
+        format!("{}?v={m}", s.url(path))
+    };
+    let put = |url: String, body: &'static [u8]| {
+        let c = s.client.clone();
+        async move { c.put(url).body(body).send().await.unwrap().status() }
+    };
+    assert_eq!(
+        put(sign(other, "rk/a.txt", 3), b"abc").await,
+        StatusCode::FORBIDDEN
+    );
+    // Rotation: the new key joins the ring, a limit changes; nothing needs a restart.
+    let restart = s.state.reload(changed(&s, |c| {
+        c.auth.keys.push(sluice::config::KeyConfig {
+            id: "new".into(),
+            secret: Some(other.into()),
+            ..Default::default()
+        });
+        c.storage.max_file_size = bytesize::ByteSize::b(10);
+    }));
+    assert!(restart.is_empty(), "{restart:?}");
+    assert_eq!(
+        put(sign(other, "rk/a.txt", 3), b"abc").await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put(sign(SECRET, "rk/b.txt", 3), b"abc").await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put(sign(other, "rk/c.txt", 11), b"01234567890").await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // The old key leaves the ring.
+    s.state.reload(changed(&s, |c| {
+        c.auth.keys.retain(|k| k.id == "new");
+    }));
+    assert_eq!(
+        put(sign(SECRET, "rk/d.txt", 3), b"abc").await,
+        StatusCode::FORBIDDEN
+    );
+    // What only a restart applies is named.
+    let restart = s.state.reload(changed(&s, |c| {
+        c.storage.dir = "/elsewhere".into();
+        c.server.send_timeout = Duration::from_secs(5);
+    }));
+    assert!(restart.contains(&"storage.dir"), "{restart:?}");
+    assert!(
+        restart.iter().any(|r| r.starts_with("server")),
+        "{restart:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_file_is_refused_and_the_running_config_stays() {
+    let s = TestServer::start().await;
+    let file = s.dir.path().join("sluice.toml");
+    std::fs::write(&file, "[server]\nmax_connectionz = 3\n").unwrap();
+    let _ = s.state.config_file.set(file.clone());
+    s.state.reload_from_file();
+    assert_eq!(
+        s.metric("sluice_config_reloads_total{result=\"error\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        s.put("iv/a.txt", b"abc".to_vec()).await,
+        StatusCode::CREATED
+    );
+    // A valid file is applied (and the key it names is the one that counts from then on).
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nurl_prefix = \"/upload\"\n[storage]\ndir = {:?}\ndurability = \"none\"\nmax_file_size = \"2B\"\n[[auth.keys]]\nid = \"test\"\nsecret = \"{SECRET}\"\n",
+            s.dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    s.state.reload_from_file();
+    assert_eq!(
+        s.metric("sluice_config_reloads_total{result=\"ok\"}").await,
+        1.0
+    );
+    assert_eq!(
+        s.put("iv/b.txt", b"abc".to_vec()).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+}
