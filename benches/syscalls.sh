@@ -2,6 +2,8 @@
 # Counts the file-system syscalls of N sequential 4 KiB PUTs (fresh slot directories) with
 # strace -c on a running server: repeatable on a noisy machine, unlike timings.
 #   bash benches/syscalls.sh PATH_TO_SLUICE fsync|none [N]
+set -u
+BIN=$1; DUR=$2; N=${3:-200}
 W=$(mktemp -d); PORT=$((20000 + RANDOM % 20000))
 printf '[server]\nlisten = ["127.0.0.1:%s"]\n[storage]\ndir = "%s/data"\ndurability = "%s"\n[[auth.keys]]\nid = "b"\nsecret = "benchmark-secret-0123456789"\n' $PORT $W $DUR > $W/c.toml
 $BIN --config $W/c.toml >/dev/null 2>&1 &
