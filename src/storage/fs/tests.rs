@@ -204,6 +204,30 @@ fn restart_reconciles_the_catalog_with_the_files_tree() {
 }
 
 #[test]
+fn a_removal_cut_short_by_a_crash_is_finished_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FsStorage::open(dir.path(), Durability::None).unwrap();
+    let mut a = s.stage().unwrap();
+    a.file().unwrap().write_all(b"old").unwrap();
+    s.commit(a, &sp("x/expired.txt"), &meta(3)).unwrap();
+    // As if a sweep crashed between its two steps: the row says deleted, the bytes remain.
+    s.catalog()
+        .delete("x/expired.txt", DeleteReason::Expired, 10)
+        .unwrap();
+    drop(s);
+    assert!(dir.path().join("files/x/expired.txt").exists());
+    let s = FsStorage::open(dir.path(), Durability::None).unwrap();
+    assert!(!dir.path().join("files/x/expired.txt").exists());
+    assert!(matches!(
+        s.open_file(&sp("x/expired.txt")),
+        Err(StorageError::NotFound)
+    ));
+    // The path is free again, as expiry leaves it.
+    let b = s.stage().unwrap();
+    s.commit(b, &sp("x/expired.txt"), &meta(0)).unwrap();
+}
+
+#[test]
 fn restart_clears_stale_staging() {
     let dir = tempfile::tempdir().unwrap();
     let s = FsStorage::open(dir.path(), Durability::None).unwrap();
