@@ -159,14 +159,14 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
-            uploads_per_minute: 120,
-            uploads_burst: 60,
-            uploader_uploads_per_minute: 60,
-            uploader_uploads_burst: 30,
-            creations_per_minute: 120,
-            creations_burst: 60,
-            uploader_creations_per_minute: 60,
-            uploader_creations_burst: 30,
+            uploads_per_minute: 600,
+            uploads_burst: 300,
+            uploader_uploads_per_minute: 300,
+            uploader_uploads_burst: 150,
+            creations_per_minute: 600,
+            creations_burst: 300,
+            uploader_creations_per_minute: 300,
+            uploader_creations_burst: 150,
             downloads_per_minute: 3000,
             downloads_burst: 1000,
         }
