@@ -142,27 +142,14 @@ impl<T: AsyncRead + Abort + Unpin> AsyncRead for ConnGuard<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let Some(first) = this.first_bytes.as_mut() else {
-            return r;
-        };
-        match r {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                this.first_bytes = None;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => match first.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.first_bytes = None;
-                    this.limits.closed_first_bytes.inc();
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "client sent nothing",
-                    )))
-                }
-                Poll::Pending => Poll::Pending,
-            },
-            other => other,
-        }
+        let grew = buf.filled().len() > before;
+        first_bytes(
+            &mut this.first_bytes,
+            &this.limits.closed_first_bytes,
+            cx,
+            r,
+            grew,
+        )
     }
 }
 
@@ -204,6 +191,38 @@ impl<T: AsyncWrite + Abort + Unpin> AsyncWrite for ConnGuard<T> {
     }
 }
 
+/// The first-bytes rule of a read: until some byte arrived, a read that would wait past the
+/// deadline fails with `TimedOut` (counted in `closed`); after it, reads pass through.
+fn first_bytes(
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    closed: &IntCounter,
+    cx: &mut Context<'_>,
+    r: Poll<io::Result<()>>,
+    grew: bool,
+) -> Poll<io::Result<()>> {
+    let Some(d) = deadline.as_mut() else {
+        return r;
+    };
+    match r {
+        Poll::Ready(Ok(())) if grew => {
+            *deadline = None;
+            Poll::Ready(Ok(()))
+        }
+        Poll::Pending => match d.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                *deadline = None;
+                closed.inc();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client sent nothing",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        },
+        other => other,
+    }
+}
+
 /// A first-bytes timeout on its own, for the decrypted stream above TLS: a client that
 /// completes the handshake and then sends nothing is closed after the same timeout.
 pub struct FirstRead<T> {
@@ -231,27 +250,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for FirstRead<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let Some(deadline) = this.deadline.as_mut() else {
-            return r;
-        };
-        match r {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                this.deadline = None;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => match deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.deadline = None;
-                    this.closed.inc();
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "client sent no request",
-                    )))
-                }
-                Poll::Pending => Poll::Pending,
-            },
-            other => other,
-        }
+        let grew = buf.filled().len() > before;
+        first_bytes(&mut this.deadline, &this.closed, cx, r, grew)
     }
 }
 

@@ -253,23 +253,10 @@ impl PerClient {
         }
     }
 
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let s = v6.segments();
-                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-                }
-            },
-        }
-    }
-
     /// A slot for a new connection from `ip`, or `None` when it already holds its share.
     /// Exempt addresses (a local reverse proxy carries every client) are not counted.
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
-        let key = Self::key(ip);
+        let key = crate::net::limit_key(ip);
         let owner = self.clone();
         if self.max == 0
             || self
