@@ -110,6 +110,10 @@ fn row_of(r: &Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
+/// Page cache of each reader connection: point lookups and short pages need little, and up to
+/// `READERS_MAX` of them stay open (SQLite's default is 2 MiB each).
+const READER_CACHE_KIB: u32 = 512;
+
 fn open_conn(path: &Path, durable: bool) -> Result<Connection, CatalogError> {
     let c = Connection::open(path).map_err(backend)?;
     c.busy_timeout(std::time::Duration::from_secs(10))
@@ -159,7 +163,12 @@ impl SqliteCatalog {
         let conn = match conn {
             Some(c) => c,
             // Readers need no fsync of their own.
-            None => open_conn(&self.path, false)?,
+            None => {
+                let c = open_conn(&self.path, false)?;
+                c.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB};"))
+                    .map_err(backend)?;
+                c
+            }
         };
         let out = f(&conn).map_err(backend);
         if let Ok(mut r) = self.readers.lock() {
