@@ -20,9 +20,9 @@ pub struct PeerAddr(pub SocketAddr);
 pub struct RequestContext<'a> {
     /// The TCP peer, when the server recorded it.
     pub peer: Option<SocketAddr>,
-    /// The engine's sizing prior for this client: its address (the peer, or the last
-    /// `X-Forwarded-For` entry when the operator trusts the proxy), its strategy from the
-    /// User-Agent, and whether it speaks HTTP/2.
+    /// The engine's sizing prior for this client: its address (the peer, or the client that
+    /// a trusted proxy's forwarding headers name), its strategy from the User-Agent, and
+    /// whether it speaks HTTP/2.
     pub client: Client,
     /// The route's closed-set name (metrics and spans).
     pub route: &'static str,
@@ -33,31 +33,27 @@ pub struct RequestContext<'a> {
 impl<'a> RequestContext<'a> {
     pub fn new<B>(
         config: &'a Config,
+        proxies: &crate::net::TrustedProxies,
         engine: &Engine,
         route: &'static str,
         req: &Request<B>,
         started: Instant,
     ) -> Self {
         let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
-        let lines = |name: &str| -> Vec<&str> {
-            req.headers()
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect()
+        let peer_ip = peer.map(|p| p.ip());
+        // Headers are only read from a trusted proxy (most requests skip this).
+        let forwarded = if proxies.trusts_peer(peer_ip) {
+            let lines = |name: &str| -> Vec<&str> {
+                req.headers()
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect()
+            };
+            proxies.client(peer_ip, &lines("forwarded"), &lines("x-forwarded-for"))
+        } else {
+            peer_ip
         };
-        let mut proxies = config.server.trusted_proxies.clone();
-        if config.server.trust_forwarded_for {
-            // The older switch: the peer itself is trusted, so the last entry is the client.
-            if let Some(p) = peer {
-                proxies.push(ipnet::IpNet::from(p.ip()));
-            }
-        }
-        let forwarded = crate::net::TrustedProxies::new(proxies).client(
-            peer.map(|p| p.ip()),
-            &lines("forwarded"),
-            &lines("x-forwarded-for"),
-        );
         let ua = req
             .headers()
             .get(header::USER_AGENT)

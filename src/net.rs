@@ -24,18 +24,39 @@ pub fn limit_key(ip: IpAddr) -> IpAddr {
 
 /// The reverse proxies whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    /// The older `trust_forwarded_for` switch: every peer's headers are believed, so the last
+    /// entry is the client.
+    any_peer: bool,
+}
 
 impl TrustedProxies {
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self(nets)
+        Self {
+            nets,
+            any_peer: false,
+        }
+    }
+
+    /// The proxies of a configuration (built once per configuration, not per request).
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            nets: server.trusted_proxies.clone(),
+            any_peer: server.trust_forwarded_for,
+        }
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         let mapped = limit_key(ip);
-        self.0
+        self.nets
             .iter()
             .any(|n| n.contains(&ip) || n.contains(&mapped))
+    }
+
+    /// Whether forwarding headers from `peer` are believed.
+    pub fn trusts_peer(&self, peer: Option<IpAddr>) -> bool {
+        self.any_peer || peer.is_none_or(|p| self.contains(p))
     }
 
     /// The client of a request that arrived from `peer` (`None`: a unix socket, which only a
@@ -50,7 +71,7 @@ impl TrustedProxies {
         forwarded: &[&str],
         x_forwarded_for: &[&str],
     ) -> Option<IpAddr> {
-        if peer.is_some_and(|p| !self.contains(p)) {
+        if !self.trusts_peer(peer) {
             return peer;
         }
         let hops = if forwarded.is_empty() {
@@ -166,6 +187,17 @@ mod tests {
         let c = p.client(None, &[], &["198.51.100.3"]);
         assert_eq!(c, Some(ip("198.51.100.3")));
         assert_eq!(p.client(None, &[], &[]), None);
+    }
+
+    #[test]
+    fn the_older_switch_believes_every_peer_s_last_entry() {
+        let cfg = crate::config::ServerConfig {
+            trust_forwarded_for: true,
+            ..Default::default()
+        };
+        let p = TrustedProxies::from_config(&cfg);
+        let c = p.client(Some(ip("203.0.113.9")), &[], &["6.6.6.6, 198.51.100.4"]);
+        assert_eq!(c, Some(ip("198.51.100.4")));
     }
 
     #[test]

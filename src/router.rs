@@ -184,8 +184,15 @@ pub async fn handle(
         }
         None => {
             // One configuration snapshot for the whole request (a reload never mixes two).
-            let config = state.config();
-            let ctx = RequestContext::new(&config, &state.engine, route_name, &req, started);
+            let live = state.live();
+            let ctx = RequestContext::new(
+                &live.config,
+                &live.proxies,
+                &state.engine,
+                route_name,
+                &req,
+                started,
+            );
             dispatch(&state, &ctx, route, req).instrument(span).await
         }
     };

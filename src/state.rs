@@ -31,6 +31,8 @@ pub struct Live {
     pub download_rules: PathRules,
     /// Rate limits per client address and uploader (new buckets after a reload).
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// The proxies whose forwarding headers are believed.
+    pub proxies: crate::net::TrustedProxies,
 }
 
 impl Live {
@@ -59,6 +61,7 @@ impl Live {
             clock,
         );
         Self {
+            proxies: crate::net::TrustedProxies::from_config(&config.server),
             config: Arc::new(config),
             auth,
             upload_rules,
