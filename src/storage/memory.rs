@@ -146,6 +146,15 @@ impl MemStorage {
         self.inner.maps.lock().map_err(|_| lock_err())
     }
 
+    /// The staged object `id`, or `NotFound`.
+    fn staged_object(&self, id: &str) -> Result<Arc<MemObject>, StorageError> {
+        self.maps()?
+            .staged
+            .get(id)
+            .cloned()
+            .ok_or(StorageError::NotFound)
+    }
+
     fn new_object(&self, id: String, named: bool) -> Result<Arc<MemObject>, StorageError> {
         let obj = Arc::new(MemObject {
             id: id.clone(),
@@ -221,12 +230,7 @@ impl Store for MemStorage {
 
     fn reopen<'a>(&'a self, id: &'a str, len: Option<u64>) -> StoreFuture<'a, Staged> {
         Box::pin(async move {
-            let obj = self
-                .maps()?
-                .staged
-                .get(id)
-                .cloned()
-                .ok_or(StorageError::NotFound)?;
+            let obj = self.staged_object(id)?;
             if let Some(len) = len {
                 obj.set_len(len).await?;
             }
@@ -336,12 +340,7 @@ impl Store for MemStorage {
 
     fn stat_staged<'a>(&'a self, id: &'a str) -> StoreFuture<'a, StagedStat> {
         Box::pin(async move {
-            let obj = self
-                .maps()?
-                .staged
-                .get(id)
-                .cloned()
-                .ok_or(StorageError::NotFound)?;
+            let obj = self.staged_object(id)?;
             let len = obj.size().await?;
             // A commit here removes the staged object in the same step.
             Ok(StagedStat {
