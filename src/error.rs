@@ -171,6 +171,7 @@ impl From<StorageError> for ApiError {
             StorageError::NotFound => ApiError::NotFound,
             StorageError::TakenDown => ApiError::TakenDown,
             StorageError::PathConflict => ApiError::PathConflict,
+            StorageError::Superseded => ApiError::Superseded,
             StorageError::NoSpace => ApiError::NoSpace,
             StorageError::NameTooLong => {
                 ApiError::BadRequest("a name in the path is too long for the filesystem")

@@ -29,6 +29,10 @@ pub enum CatalogError {
     TakenDown,
     #[error("the catalog's disk is full")]
     NoSpace,
+    /// A versioned record changed since it was read (another writer, or another node, got
+    /// there first: the caller lost its turn), or a create-only record exists.
+    #[error("the record changed under this writer")]
+    Conflict,
     #[error("catalog: {0}")]
     Backend(String),
 }
@@ -141,6 +145,50 @@ pub struct Usage {
     pub first_since: Option<u64>,
 }
 
+/// A small versioned record shared by every node (a resumable session's state, a staged
+/// object's parts): `version` grows by one on every write, so a writer that read version `v`
+/// can replace it only if nobody wrote since (a fencing check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// Bytes held for an upload in flight against the shared limits (see [`Catalog::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Unique per upload (a session id, a random id).
+    pub id: String,
+    pub uploader: Option<String>,
+    pub bytes: u64,
+    /// The claim lapses at this time (seconds since the epoch): a node that died holding it
+    /// does not hold the space forever.
+    pub until: u64,
+}
+
+/// Limits a [`Claim`] is checked against: live files plus unexpired claims.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClaimLimits {
+    /// Cap on all bytes (`None`: no cap).
+    pub total: Option<u64>,
+    /// Cap on one uploader's bytes (`None`: no cap; ignored for claims without an uploader).
+    pub per_uploader: Option<u64>,
+}
+
+/// What [`Catalog::claim`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Granted,
+    /// Would cross `total`; `used` is what live files and claims hold now.
+    OverTotal {
+        used: u64,
+    },
+    /// Would cross `per_uploader`; `used` is what the uploader holds now.
+    OverUploader {
+        used: u64,
+    },
+}
+
 /// The catalog contract (see the module docs).
 pub trait Catalog: Send + Sync + 'static {
     /// Record newly published files. Concurrent callers may share one commit. Each path is
@@ -177,4 +225,60 @@ pub trait Catalog: Send + Sync + 'static {
     /// A small key/value store for the catalog's own bookkeeping (e.g. "imported").
     fn get_flag(&self, key: &str) -> Result<Option<String>, CatalogError>;
     fn set_flag(&self, key: &str, value: &str) -> Result<(), CatalogError>;
+
+    // --- Shared state for several nodes (single-node backends implement it too). ---
+
+    /// The record `key`, if any.
+    fn record_get(&self, key: &str) -> Result<Option<Record>, CatalogError>;
+
+    /// Write the record `key`: `expect = None` creates it (`Conflict` if it exists),
+    /// `Some(v)` replaces it only while its version is `v` (`Conflict` otherwise, also when it
+    /// is gone). Returns the new version (1 for a new record). Durable when it returns.
+    fn record_put(&self, key: &str, value: &[u8], expect: Option<u64>)
+        -> Result<u64, CatalogError>;
+
+    /// Delete the record `key` (gone already is fine).
+    fn record_delete(&self, key: &str) -> Result<(), CatalogError>;
+
+    /// Every record whose key starts with `prefix`, ordered by key.
+    fn record_list(&self, prefix: &str) -> Result<Vec<(String, Record)>, CatalogError>;
+
+    /// Acquire or renew the lease `name` for `holder` until `now_ms + ttl_ms` (milliseconds
+    /// since the epoch). Returns the fencing token if `holder` holds the lease after the call:
+    /// a lease that is free, expired, already `holder`'s, or taken with `steal`, is granted;
+    /// one that another holder holds unexpired is not (`None`). A grant to a new holder (or a
+    /// steal) gets a token greater than every token the name had before; a renewal by the same
+    /// holder keeps its token.
+    fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+        steal: bool,
+    ) -> Result<Option<u64>, CatalogError>;
+
+    /// Give the lease `name` up if `token` still holds it (a later holder's lease stays).
+    fn lease_release(&self, name: &str, token: u64) -> Result<(), CatalogError>;
+
+    /// The next number of the sequence `name`: 1, 2, 3, ..., never handed out twice, across
+    /// nodes and restarts (S3 multipart part numbers).
+    fn next_seq(&self, name: &str) -> Result<u64, CatalogError>;
+
+    /// Forget the sequence `name`.
+    fn drop_seq(&self, name: &str) -> Result<(), CatalogError>;
+
+    /// Hold `c.bytes` for an upload if live files plus unexpired claims (at `now`) stay within
+    /// `limits` with it, atomically across nodes. A claim with an id that exists replaces it.
+    fn claim(&self, c: &Claim, limits: ClaimLimits, now: u64)
+        -> Result<ClaimOutcome, CatalogError>;
+
+    /// Drop the claim `id` (its upload was published or failed; gone already is fine).
+    fn release_claim(&self, id: &str) -> Result<(), CatalogError>;
+
+    /// Paths removed (deleted, expired, taken down) by any node from now on, as they happen:
+    /// other nodes drop them from their caches. `None` where the catalog has one node only.
+    fn watch_removed(&self) -> Option<std::sync::mpsc::Receiver<String>> {
+        None
+    }
 }

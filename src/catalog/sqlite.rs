@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    Catalog, CatalogError, DeleteReason, Entry, FileRow, ListQuery, Stats, UploaderStats, Usage,
+    Catalog, CatalogError, Claim, ClaimLimits, ClaimOutcome, DeleteReason, Entry, FileRow,
+    ListQuery, Record, Stats, UploaderStats, Usage,
 };
 use crate::storage::FileMeta;
 
@@ -244,6 +245,7 @@ fn clone_err(e: &CatalogError) -> CatalogError {
         CatalogError::Exists => CatalogError::Exists,
         CatalogError::TakenDown => CatalogError::TakenDown,
         CatalogError::NoSpace => CatalogError::NoSpace,
+        CatalogError::Conflict => CatalogError::Conflict,
         CatalogError::Backend(s) => CatalogError::Backend(s.clone()),
     }
 }
@@ -491,6 +493,49 @@ impl Catalog for SqliteCatalog {
         self.write(Write::Flag(key.to_owned(), value.to_owned()))
             .map(|_| ())
     }
+
+    // STUBS (being implemented): shared-state methods.
+    fn record_get(&self, _key: &str) -> Result<Option<Record>, CatalogError> {
+        Err(stub())
+    }
+    fn record_put(&self, _k: &str, _v: &[u8], _e: Option<u64>) -> Result<u64, CatalogError> {
+        Err(stub())
+    }
+    fn record_delete(&self, _key: &str) -> Result<(), CatalogError> {
+        Err(stub())
+    }
+    fn record_list(&self, _prefix: &str) -> Result<Vec<(String, Record)>, CatalogError> {
+        Err(stub())
+    }
+    fn lease(
+        &self,
+        _n: &str,
+        _h: &str,
+        _now: u64,
+        _ttl: u64,
+        _s: bool,
+    ) -> Result<Option<u64>, CatalogError> {
+        Err(stub())
+    }
+    fn lease_release(&self, _name: &str, _token: u64) -> Result<(), CatalogError> {
+        Err(stub())
+    }
+    fn next_seq(&self, _name: &str) -> Result<u64, CatalogError> {
+        Err(stub())
+    }
+    fn drop_seq(&self, _name: &str) -> Result<(), CatalogError> {
+        Err(stub())
+    }
+    fn claim(&self, _c: &Claim, _l: ClaimLimits, _now: u64) -> Result<ClaimOutcome, CatalogError> {
+        Err(stub())
+    }
+    fn release_claim(&self, _id: &str) -> Result<(), CatalogError> {
+        Err(stub())
+    }
+}
+
+fn stub() -> CatalogError {
+    CatalogError::Backend("not implemented yet".into())
 }
 
 #[cfg(test)]

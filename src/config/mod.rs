@@ -14,7 +14,9 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod ops;
+pub use cluster::{Backend, CatalogConfig, ClusterConfig, S3Config};
 pub use ops::{
     AdminConfig, AuditConfig, QuotaAction, QuotaConfig, RateLimitConfig, RetentionConfig,
     RetentionRule,
@@ -61,6 +63,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub admin: AdminConfig,
     pub audit: AuditConfig,
+    pub catalog: CatalogConfig,
+    pub cluster: ClusterConfig,
     /// HTTPS listeners (`[[tls]]`), each with its certificate chain and key.
     pub tls: Vec<TlsListenerConfig>,
 }
@@ -205,6 +209,9 @@ pub struct StorageConfig {
     /// Root directory. Files live in `<dir>/files`, metadata in `<dir>/meta`, staging in
     /// `<dir>/staging`; the generated secret in `<dir>/secret.key`.
     pub dir: PathBuf,
+    /// Where file bytes go: `"fs"` (under `dir`) or `"s3"` (`[storage.s3]`).
+    pub backend: Backend,
+    pub s3: S3Config,
     pub durability: Durability,
     /// Largest accepted upload.
     pub max_file_size: ByteSize,
@@ -228,6 +235,8 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("./data"),
+            backend: Backend::Fs,
+            s3: S3Config::default(),
             durability: Durability::Fsync,
             max_file_size: ByteSize::mib(100),
             max_filename_bytes: 255,

@@ -58,6 +58,9 @@ pub enum StorageError {
     /// The filesystem refused a name as too long (ENAMETOOLONG): the client's path.
     #[error("a name in the path is too long for the filesystem")]
     NameTooLong,
+    /// Another writer (on this node or another) took the object over: this one lost its turn.
+    #[error("another request took this upload over")]
+    Superseded,
     #[error("storage I/O error: {0}")]
     Io(#[source] io::Error),
 }
@@ -68,6 +71,7 @@ impl From<CatalogError> for StorageError {
             CatalogError::Exists => StorageError::Exists,
             CatalogError::TakenDown => StorageError::TakenDown,
             CatalogError::NoSpace => StorageError::NoSpace,
+            CatalogError::Conflict => StorageError::Superseded,
             CatalogError::Backend(m) => StorageError::Io(io::Error::other(m)),
         }
     }
