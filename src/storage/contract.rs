@@ -348,6 +348,8 @@ async fn records_replace_list_and_delete(s: &dyn Store) {
     let id = "sessDDDDDDDDDDDDDDDDDD";
     s.put_record(id, b"one".to_vec()).await.unwrap();
     s.put_record(id, b"two".to_vec()).await.unwrap();
+    assert_eq!(s.get_record(id).await.unwrap(), Some(b"two".to_vec()));
+    assert_eq!(s.get_record("sessNOTHINGHERE").await.unwrap(), None);
     let all = s.list_records().await.unwrap();
     assert_eq!(
         all.iter().find(|(k, _)| k == id).map(|(_, v)| v.clone()),
@@ -356,6 +358,7 @@ async fn records_replace_list_and_delete(s: &dyn Store) {
     s.delete_record(id).await.unwrap();
     s.delete_record(id).await.unwrap();
     assert!(!s.list_records().await.unwrap().iter().any(|(k, _)| k == id));
+    assert_eq!(s.get_record(id).await.unwrap(), None);
     assert!(s.put_record("../x", b"no".to_vec()).await.is_err());
 }
 

@@ -379,6 +379,10 @@ impl Store for MemStorage {
         })
     }
 
+    fn get_record<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { Ok(self.maps()?.records.get(id).cloned()) })
+    }
+
     fn list_records(&self) -> StoreFuture<'_, Records> {
         Box::pin(async move {
             Ok(self

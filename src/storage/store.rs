@@ -224,6 +224,10 @@ pub trait Store: Send + Sync + 'static {
     /// Replace the small state record `id` atomically (durable per the durability setting).
     fn put_record<'a>(&'a self, id: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()>;
 
+    /// The state record `id` (`None`: there is none). Where several nodes share the store,
+    /// this sees what any node wrote.
+    fn get_record<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+
     /// Every state record; `None` for one that cannot be read.
     fn list_records(&self) -> StoreFuture<'_, Records>;
 

@@ -390,6 +390,21 @@ impl Store for FsStorage {
         })
     }
 
+    fn get_record<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        let (s, id) = (self.clone(), id.to_owned());
+        Box::pin(async move {
+            if !valid_id(&id) {
+                return Ok(None);
+            }
+            blocking(move || match fs::read(s.record_path(&id)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            })
+            .await
+        })
+    }
+
     fn list_records(&self) -> StoreFuture<'_, Records> {
         let s = self.clone();
         Box::pin(blocking(move || s.records()))
