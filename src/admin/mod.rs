@@ -61,7 +61,7 @@ impl std::fmt::Debug for AdminToken {
 }
 
 fn token_mac(token: &[u8]) -> Option<Hmac<Sha256>> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(token).ok()?;
+    let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(token).ok()?;
     m.update(TOKEN_CONTEXT);
     Some(m)
 }

@@ -3,7 +3,7 @@
 //! Pure functions: message construction and constant-time verification against one key. No I/O,
 //! no logging (a MAC must never reach a log).
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;

@@ -21,7 +21,8 @@ fn slot_jwt(now: u64, sub: &str, slot: &str, filename: &str, size: u64) -> Strin
     let claims = serde_json::json!({"sub": sub, "slot": slot, "filename": filename,
         "filesize": size, "filetype": "text/plain", "exp": exp, "iat": exp - 300});
     let input = format!("{header}.{}", b64.encode(claims.to_string()));
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let mut m =
+        <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
     m.update(input.as_bytes());
     format!("{input}.{}", b64.encode(m.finalize().into_bytes()))
 }

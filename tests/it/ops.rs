@@ -31,7 +31,8 @@ fn slot_jwt(
         claims["expires"] = e.into();
     }
     let input = format!("{header}.{}", b64.encode(claims.to_string()));
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let mut m =
+        <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
     m.update(input.as_bytes());
     format!("{input}.{}", b64.encode(m.finalize().into_bytes()))
 }

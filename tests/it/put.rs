@@ -299,7 +299,8 @@ fn jwt(secret: &str, slot: &str, filename: &str, size: u64, exp: u64) -> String 
     );
     let signing_input = format!("{header}.{payload}");
     use hmac::Mac;
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    let mut m =
+        <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
     m.update(signing_input.as_bytes());
     format!("{signing_input}.{}", b64.encode(m.finalize().into_bytes()))
 }

@@ -367,9 +367,17 @@ pub(crate) fn rebuild_meta(
     md: &fs::Metadata,
 ) -> Result<FileMeta, StorageError> {
     use sha2::{Digest, Sha256};
+    use std::io::Read;
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
     let uploaded_at = md
         .modified()
         .ok()
