@@ -13,6 +13,10 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now_secs(&self) -> u64 {
         self.since_epoch().as_secs()
     }
+
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.since_epoch().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The system clock.

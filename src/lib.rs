@@ -28,6 +28,7 @@ pub mod auth;
 pub mod body;
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod digest;

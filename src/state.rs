@@ -92,6 +92,8 @@ pub struct AppState {
     pub admin_token: Option<crate::admin::AdminToken>,
     /// The configuration file, re-read on SIGHUP (unset: the embedded default, no reload).
     pub config_file: std::sync::OnceLock<std::path::PathBuf>,
+    /// This node among several sharing the catalog (`None`: one node).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl AppState {
@@ -111,6 +113,7 @@ impl AppState {
         let live = Live::build(settings, clock.clone());
         let config = live.config.clone();
         let audit = crate::admin::audit::Audit::new(&config.audit, clock.clone());
+        let cluster = crate::cluster::Cluster::from_config(&config);
         let storage: Arc<dyn Store> = Arc::new(FsStorage::open(
             &config.storage.dir,
             config.storage.durability,
@@ -140,6 +143,7 @@ impl AppState {
             )
             .await?;
             store.audit = audit.clone();
+            store.shared = cluster.clone();
             Some(Arc::new(store))
         } else {
             None
@@ -166,6 +170,7 @@ impl AppState {
             audit,
             admin_token,
             config_file: std::sync::OnceLock::new(),
+            cluster,
         }))
     }
 

@@ -726,6 +726,30 @@ impl Config {
         if c.chunk_min > c.chunk_max || c.chunk_min.as_u64() == 0 {
             return bad("engine.clients: need 0 < chunk_min <= chunk_max".into());
         }
+        if self.catalog.is_shared() && self.auth.keys.is_empty() {
+            return bad(
+                "a shared catalog (postgres://) needs [[auth.keys]]: every node must \
+                        check grants with the same secret, never a generated one"
+                    .into(),
+            );
+        }
+        if !self.catalog.url.is_empty()
+            && !self.catalog.is_shared()
+            && !self.catalog.url.starts_with("sqlite://")
+        {
+            return bad("catalog.url must start with sqlite:// or postgres://".into());
+        }
+        if self.storage.backend == Backend::S3 {
+            let s3 = &self.storage.s3;
+            if s3.endpoint.is_empty() || s3.bucket.is_empty() {
+                return bad("storage.backend = \"s3\" needs storage.s3.endpoint and bucket".into());
+            }
+            if s3.part_size.as_u64() < 5 * 1024 * 1024 {
+                return bad(
+                    "storage.s3.part_size must be at least 5MiB (S3's smallest part)".into(),
+                );
+            }
+        }
         let named = self
             .auth
             .keys

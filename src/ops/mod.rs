@@ -100,6 +100,13 @@ pub async fn sweep_loop(state: Arc<AppState>, every: Duration, stop: Cancellatio
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {
+                // With several nodes, one sweeps at a time (the others' rounds find the
+                // lease held and skip).
+                if let Some(c) = &state.cluster {
+                    if !c.hold(&state.storage, "sweep:files", state.clock.now_millis()).await {
+                        continue;
+                    }
+                }
                 match sweep(&state).await {
                     Ok(r) if r.files > 0 => tracing::info!(files = r.files, bytes = r.bytes, "swept expired files"),
                     Ok(_) => {}

@@ -139,6 +139,12 @@ where
             stop.clone(),
         ));
     }
+    {
+        let st = state.clone();
+        crate::cluster::watch_removals(state.storage.catalog(), stop.clone(), move |p| {
+            st.hot.remove(p)
+        });
+    }
     tracker.spawn(crate::ops::sweep_loop(
         state.clone(),
         state.config().retention.sweep_interval,

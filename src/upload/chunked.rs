@@ -142,7 +142,7 @@ async fn handle_inner(
             .await?;
         let m = s.meta();
         if total == 0 {
-            let mut g = store.acquire(&s, false).await;
+            let mut g = store.acquire(&s, false).await?;
             store.complete(&state.engine, &s, &mut g).await?;
         }
         return Ok(json(
@@ -161,7 +161,7 @@ async fn handle_inner(
         ))?;
     let s = store.get_for(&id, Protocol::Chunked).await?;
     // Chunks of one session are written one at a time (in any order), never preempted.
-    let mut guard = store.acquire(&s, false).await;
+    let mut guard = store.acquire(&s, false).await?;
     if s.meta().completed {
         return Err(ApiError::Conflict("upload is already complete"));
     }

@@ -342,7 +342,7 @@ async fn handle_inner(
     let session = store.get_for(rest, Protocol::Ietf).await?;
     match method {
         Method::HEAD | Method::GET => {
-            drop(store.acquire(&session, true).await);
+            drop(store.acquire(&session, true).await?);
             Ok(offset_response(
                 state,
                 &session.meta(),
@@ -459,7 +459,7 @@ async fn append(
     let content_length = parse_u64(h, "content-length")?;
     let empty_body = content_length == Some(0) || req.body().is_end_stream();
     let client = ctx.client;
-    let mut guard = store.acquire(s, true).await;
+    let mut guard = store.acquire(s, true).await?;
     let m = s.meta();
     if m.completed {
         return Err(completed_refusal(state, &m, version, empty_body));
@@ -692,7 +692,7 @@ async fn create(
     let check = super::content_digest_check(req.headers());
     let filled: Result<SessionMeta, Failure> = async {
         let check = check?;
-        let mut guard = store.acquire(&session, true).await;
+        let mut guard = store.acquire(&session, true).await?;
         let body = req.into_body();
         let appended = store
             .append(

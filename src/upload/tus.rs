@@ -193,7 +193,7 @@ fn location(state: &AppState, id: &str) -> String {
 async fn head(state: &Arc<AppState>, s: &Arc<Session>) -> Result<Response<ResBody>, ApiError> {
     let store = state.sessions.clone().ok_or(ApiError::NotFound)?;
     // Take over from an in-flight PATCH so the offset we report is the recorded one.
-    drop(store.acquire(s, true).await);
+    drop(store.acquire(s, true).await?);
     let m = s.meta();
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::OK;
@@ -239,7 +239,7 @@ async fn patch(
     let content_length = parse_u64(h, "content-length")?;
     let checksum = append_check(h)?;
     let client = ctx.client;
-    let mut guard = store.acquire(s, true).await;
+    let mut guard = store.acquire(s, true).await?;
     let m = s.meta();
     if offset != m.offset {
         let mut r =
@@ -439,7 +439,7 @@ async fn create(
             return Err(ApiError::TooLarge { max: remaining });
         }
         let checksum = append_check(&h)?;
-        let mut guard = store.acquire(&session, true).await;
+        let mut guard = store.acquire(&session, true).await?;
         let (appended, after) = append_and_complete(
             state,
             &session,
@@ -530,7 +530,7 @@ async fn create_final(
         .iter()
         .map(|p| (p.id.clone(), p.meta().offset))
         .collect();
-    let mut guard = store.acquire(&session, true).await;
+    let mut guard = store.acquire(&session, true).await?;
     store
         .fill_from_parts(
             &state.engine,

@@ -18,6 +18,7 @@
 mod ops;
 mod persist;
 mod registry;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ use crate::engine::{ChunkDigest, EngineError};
 use crate::error::ApiError;
 use crate::storage::{PathError, StorageError, Store, StoredPath};
 pub use registry::sweep_loop;
+pub use shared::Cluster;
 
 /// What the session core can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +148,10 @@ pub struct SessionMeta {
     /// SHA-256 of the finished file.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// The running SHA-256 over bytes `[0, offset)` (contiguous protocols), serialized: any
+    /// node (or this one after a restart) continues the hash without reading the bytes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_state: Option<String>,
 }
 
 impl SessionMeta {
@@ -171,12 +177,16 @@ pub struct Session {
     /// Background writes of this session's appends; a new append first waits for writes a
     /// dropped request left running.
     io: tokio_util::task::TaskTracker,
+    /// Version of the shared state record this node last read or wrote (shared catalog
+    /// only): a write expects it, so a writer another node overtook cannot record.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
     fn new(id: String, meta: SessionMeta, hasher: Option<Sha256>) -> Self {
         Self {
             id,
+            version: std::sync::atomic::AtomicU64::new(0),
             meta: Mutex::new(meta),
             writer: tokio::sync::Mutex::new(WriterState { hasher }),
             current: Mutex::new(None),
@@ -209,6 +219,8 @@ pub struct WriteGuard<'a> {
     state: tokio::sync::MutexGuard<'a, WriterState>,
     token: CancellationToken,
     generation: u64,
+    /// The cluster-wide writer lease (shared catalog only), renewed while the guard lives.
+    _lease: Option<shared::LeaseHold>,
 }
 
 impl Drop for WriteGuard<'_> {
@@ -305,6 +317,9 @@ pub struct SessionStore {
     space: Arc<crate::ops::space::Space>,
     /// Published files are recorded here (set by the state; off by default).
     pub audit: crate::admin::audit::Audit,
+    /// Set when several nodes share the catalog: session state lives there (versioned), and
+    /// each upload has one writer across nodes (a lease).
+    pub shared: Option<shared::Cluster>,
 }
 
 const TOMBSTONES_MAX: usize = 10_000;

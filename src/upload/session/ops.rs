@@ -38,7 +38,11 @@ impl SessionStore {
         let start = meta.offset;
         // The staged data, cut back to the recorded offset.
         let staged = self.storage.reopen(&s.id, Some(start)).await?;
-        let hasher = match guard.state.hasher.take() {
+        let saved = meta
+            .hash_state
+            .as_deref()
+            .and_then(super::shared::load_hash);
+        let hasher = match guard.state.hasher.take().or(saved) {
             Some(h) => h,
             None => engine
                 .hash_object(staged.reader(), start)
@@ -101,8 +105,9 @@ impl SessionStore {
         let mut m = meta.clone();
         m.offset = new_offset;
         m.expires_at = self.now() + self.ttl.as_secs();
+        m.hash_state = Some(super::shared::save_hash(&sink.hasher));
         // Data first, then the offset that claims it.
-        self.record(Some(&sink.staged), &m).await?;
+        self.record(s, Some(&sink.staged), &m).await?;
         guard.state.hasher = Some(sink.hasher);
         if let Ok(mut cur) = s.meta.lock() {
             *cur = m;
@@ -154,6 +159,7 @@ impl SessionStore {
             })?;
         let mut m = meta;
         m.chunks[index] = true;
+        m.hash_state = None;
         m.offset = m
             .chunks
             .iter()
@@ -162,7 +168,7 @@ impl SessionStore {
             .map(|(i, _)| cs.min(len - i as u64 * cs))
             .sum();
         m.expires_at = self.now() + self.ttl.as_secs();
-        self.record(Some(&sink.staged), &m).await?;
+        self.record(s, Some(&sink.staged), &m).await?;
         // Out-of-order chunks: the whole-file hash is rebuilt at completion.
         guard.state.hasher = None;
         if let Ok(mut cur) = s.meta.lock() {
@@ -195,7 +201,8 @@ impl SessionStore {
         let mut m = s.meta();
         m.offset = total;
         m.concat_parts = Some(part_urls);
-        self.record(Some(&dest), &m).await?;
+        m.hash_state = Some(super::shared::save_hash(&hasher));
+        self.record(s, Some(&dest), &m).await?;
         guard.state.hasher = Some(hasher);
         if let Ok(mut cur) = s.meta.lock() {
             *cur = m;
@@ -211,7 +218,7 @@ impl SessionStore {
     ) -> Result<(), SessionError> {
         let mut m = s.meta();
         m.length = Some(length);
-        self.record(None, &m).await?;
+        self.record(s, None, &m).await?;
         if let Ok(mut cur) = s.meta.lock() {
             *cur = m;
         }
@@ -229,7 +236,8 @@ impl SessionStore {
     ) -> Result<SessionMeta, SessionError> {
         let mut m = s.meta();
         let len = m.length.unwrap_or(m.offset);
-        let hasher = match guard.state.hasher.take() {
+        let saved = m.hash_state.as_deref().and_then(super::shared::load_hash);
+        let hasher = match guard.state.hasher.take().or(saved) {
             Some(h) if m.protocol != Protocol::Chunked => h,
             _ => {
                 let staged = self.storage.reopen(&s.id, None).await?;
@@ -275,7 +283,7 @@ impl SessionStore {
                 route: m.protocol.label(),
             });
         }
-        self.record(None, &m).await?;
+        self.record(s, None, &m).await?;
         if let Ok(mut cur) = s.meta.lock() {
             *cur = m.clone();
         }

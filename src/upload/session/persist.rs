@@ -32,6 +32,7 @@ impl SessionStore {
             retention: config.retention.clone(),
             space,
             audit: Default::default(),
+            shared: None,
         };
         store
             .reload()
@@ -41,6 +42,11 @@ impl SessionStore {
     }
 
     async fn reload(&self) -> Result<(), StorageError> {
+        if self.shared.is_some() {
+            // Sessions are found in the shared catalog when asked for; another node may be
+            // creating one right now, so nothing here is an orphan.
+            return Ok(());
+        }
         let st = &self.storage;
         let mut live = HashMap::new();
         for (id, bytes) in st.list_records().await? {
@@ -58,7 +64,7 @@ impl SessionStore {
                     let _ = st.delete_staged(&id).await;
                     meta.completed = true;
                     meta.offset = meta.length.unwrap_or(meta.offset);
-                    self.persist(&meta).await?;
+                    self.persist(None, &meta).await?;
                 }
             }
             if !meta.completed && meta.protocol != Protocol::Chunked {
@@ -95,28 +101,43 @@ impl SessionStore {
         Ok(())
     }
 
-    /// Write a session's state record.
-    pub(super) async fn persist(&self, meta: &SessionMeta) -> Result<(), StorageError> {
+    /// Write a session's state record: with a shared catalog, versioned there (`s`: the
+    /// session whose last seen version the write expects; `None` creates the record), else in
+    /// the store. Returns the record's new version (0 in the store).
+    pub(super) async fn persist(
+        &self,
+        s: Option<&Session>,
+        meta: &SessionMeta,
+    ) -> Result<u64, StorageError> {
+        if self.shared.is_some() {
+            return self.put_shared(s, meta).await;
+        }
         let json = serde_json::to_vec(meta).map_err(|e| StorageError::Io(e.into()))?;
-        self.storage.put_record(&meta.id, json).await
+        self.storage.put_record(&meta.id, json).await.map(|()| 0)
     }
 
     /// Flush `data` (per durability), then persist `meta`: the recorded offset never claims
     /// bytes that are not stored.
     pub(super) async fn record(
         &self,
+        s: &Session,
         data: Option<&Staged>,
         meta: &SessionMeta,
     ) -> Result<(), SessionError> {
         if let Some(d) = data {
             d.flush().await.map_err(StorageError::from)?;
         }
-        Ok(self.persist(meta).await?)
+        self.persist(Some(s), meta).await?;
+        Ok(())
     }
 
     /// Delete a session's data and state record.
     pub(super) async fn delete_files(&self, id: &str) {
         let _ = self.storage.delete_staged(id).await;
-        let _ = self.storage.delete_record(id).await;
+        if self.shared.is_some() {
+            self.delete_shared(id).await;
+        } else {
+            let _ = self.storage.delete_record(id).await;
+        }
     }
 }

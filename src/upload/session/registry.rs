@@ -85,11 +85,15 @@ impl SessionStore {
             expires_at: now + self.ttl.as_secs(),
             completed: false,
             sha256: None,
+            hash_state: None,
         };
         // The empty data first, then the state that names it.
         drop(self.storage.stage_named(&id).await?);
-        self.persist(&meta).await?;
+        let version = self.persist(None, &meta).await?;
         let session = Arc::new(Session::new(id.clone(), meta, Some(Sha256::new())));
+        session
+            .version
+            .store(version, std::sync::atomic::Ordering::Release);
         if let Ok(mut l) = self.live.lock() {
             l.insert(id, session.clone());
             self.metrics.open.set(l.len() as i64);
@@ -115,12 +119,38 @@ impl SessionStore {
         Ok(s)
     }
 
-    /// Look a session up; expired ones are removed on the spot (410).
+    /// Look a session up; expired ones are removed on the spot (410). With a shared catalog,
+    /// the shared state is read every time (another node may have written it).
     pub async fn get(self: &Arc<Self>, id: &str) -> Result<Arc<Session>, SessionError> {
         if !is_session_id(id) {
             return Err(SessionError::NotFound);
         }
         let found = self.live.lock().ok().and_then(|l| l.get(id).cloned());
+        let found = match (&self.shared, found) {
+            (None, found) => found,
+            (Some(_), Some(s)) => match self.refresh(&s).await? {
+                Some(_) => Some(s),
+                None => {
+                    self.forget(id);
+                    None
+                }
+            },
+            (Some(_), None) => match self.load_shared(id).await? {
+                Some((meta, version)) => {
+                    let s = Arc::new(Session::new(id.to_owned(), meta, None));
+                    s.version
+                        .store(version, std::sync::atomic::Ordering::Release);
+                    if let Ok(mut l) = self.live.lock() {
+                        let s = l.entry(id.to_owned()).or_insert(s).clone();
+                        self.metrics.open.set(l.len() as i64);
+                        Some(s)
+                    } else {
+                        Some(s)
+                    }
+                }
+                None => None,
+            },
+        };
         match found {
             Some(s) => {
                 if s.meta().expires_at < self.now() {
@@ -141,6 +171,14 @@ impl SessionStore {
                     SessionError::NotFound
                 })
             }
+        }
+    }
+
+    /// Drop a session this node knew that another node removed.
+    fn forget(&self, id: &str) {
+        if let Ok(mut l) = self.live.lock() {
+            l.remove(id);
+            self.metrics.open.set(l.len() as i64);
         }
     }
 
@@ -175,8 +213,18 @@ impl SessionStore {
         self.delete_files(&s.id).await;
     }
 
-    /// Delete every expired session. Returns how many were removed.
+    /// Delete every expired session. Returns how many were removed. With a shared catalog,
+    /// one node at a time sweeps every node's sessions (see [`SessionStore::sweep_shared`]).
     pub async fn sweep(self: &Arc<Self>) -> usize {
+        if self.shared.is_some() {
+            return match self.sweep_shared().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeping shared upload sessions");
+                    0
+                }
+            };
+        }
         let now = self.now();
         let expired: Vec<Arc<Session>> = self
             .live
@@ -195,17 +243,38 @@ impl SessionStore {
     }
 
     /// Become the one writer of `s`. With `take_over`, an in-flight writer is told to stop
-    /// (it keeps what it received); otherwise this waits for it.
-    pub async fn acquire<'a>(&self, s: &'a Session, take_over: bool) -> WriteGuard<'a> {
+    /// (it keeps what it received); otherwise this waits for it. With a shared catalog, the
+    /// writer is also the one across nodes (a lease), and the session is brought up to the
+    /// shared state first.
+    pub async fn acquire<'a>(
+        self: &Arc<Self>,
+        s: &'a Session,
+        take_over: bool,
+    ) -> Result<WriteGuard<'a>, SessionError> {
         let token = CancellationToken::new();
         if take_over {
             s.preempt();
         }
-        let state = s.writer.lock().await;
+        let mut state = s.writer.lock().await;
         // Writes left running by a request that was dropped mid-append finish first.
         s.io.close();
         s.io.wait().await;
         s.io.reopen();
+        let lease = match &self.shared {
+            Some(cluster) => {
+                let hold = self
+                    .take_lease(cluster, s, take_over, token.clone())
+                    .await?;
+                match self.refresh(s).await? {
+                    None => return Err(SessionError::NotFound),
+                    // Another node wrote: the hash in memory is behind.
+                    Some(true) => state.hasher = None,
+                    Some(false) => {}
+                }
+                Some(hold)
+            }
+            None => None,
+        };
         let generation = s
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -213,12 +282,13 @@ impl SessionStore {
         if let Ok(mut cur) = s.current.lock() {
             *cur = Some((generation, token.clone()));
         }
-        WriteGuard {
+        Ok(WriteGuard {
             session: s,
             state,
             token,
             generation,
-        }
+            _lease: lease,
+        })
     }
 }
 
