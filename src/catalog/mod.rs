@@ -233,22 +233,26 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Write the record `key`: `expect = None` creates it (`Conflict` if it exists),
     /// `Some(v)` replaces it only while its version is `v` (`Conflict` otherwise, also when it
-    /// is gone). Returns the new version (1 for a new record). Durable when it returns.
+    /// is gone). Returns the new version (1 for a new record, also one created again after a
+    /// delete). Durable when it returns.
     fn record_put(&self, key: &str, value: &[u8], expect: Option<u64>)
         -> Result<u64, CatalogError>;
 
     /// Delete the record `key` (gone already is fine).
     fn record_delete(&self, key: &str) -> Result<(), CatalogError>;
 
-    /// Every record whose key starts with `prefix`, ordered by key.
+    /// Every record whose key starts with `prefix`, ordered by key (bytes of its UTF-8).
     fn record_list(&self, prefix: &str) -> Result<Vec<(String, Record)>, CatalogError>;
 
     /// Acquire or renew the lease `name` for `holder` until `now_ms + ttl_ms` (milliseconds
     /// since the epoch). Returns the fencing token if `holder` holds the lease after the call:
-    /// a lease that is free, expired, already `holder`'s, or taken with `steal`, is granted;
-    /// one that another holder holds unexpired is not (`None`). A grant to a new holder (or a
-    /// steal) gets a token greater than every token the name had before; a renewal by the same
-    /// holder keeps its token.
+    /// a lease that is free, expired (`until <= now_ms`), already `holder`'s, or taken with
+    /// `steal`, is granted; one that another holder holds unexpired is not (`None`). A grant to
+    /// a new holder (or a steal) gets a token greater than every token the name had before; a
+    /// renewal by the same holder keeps its token, also after its lease lapsed if nobody took
+    /// it in between. A steal always gets a new token, even by the current holder (it fences
+    /// out an earlier task of the same holder). Tokens come from one counter for all names, so
+    /// they also grow after a release.
     fn lease(
         &self,
         name: &str,
@@ -261,15 +265,20 @@ pub trait Catalog: Send + Sync + 'static {
     /// Give the lease `name` up if `token` still holds it (a later holder's lease stays).
     fn lease_release(&self, name: &str, token: u64) -> Result<(), CatalogError>;
 
-    /// The next number of the sequence `name`: 1, 2, 3, ..., never handed out twice, across
-    /// nodes and restarts (S3 multipart part numbers).
+    /// The next number of the sequence `name`: 1, 2, 3, ..., never handed out twice while the
+    /// sequence exists, across nodes and restarts (S3 multipart part numbers).
     fn next_seq(&self, name: &str) -> Result<u64, CatalogError>;
 
-    /// Forget the sequence `name`.
+    /// Forget the sequence `name` (gone already is fine): the next `next_seq(name)` starts
+    /// over at 1, so drop a sequence only when nothing uses its numbers any more.
     fn drop_seq(&self, name: &str) -> Result<(), CatalogError>;
 
-    /// Hold `c.bytes` for an upload if live files plus unexpired claims (at `now`) stay within
-    /// `limits` with it, atomically across nodes. A claim with an id that exists replaces it.
+    /// Hold `c.bytes` for an upload if live files plus unexpired claims (`until > now`) stay
+    /// within `limits` with it (reaching a limit exactly is within it), atomically across
+    /// nodes. A claim with an id that exists replaces it: the old claim's bytes do not count
+    /// against its replacement, and a refused replacement leaves the old claim as it was.
+    /// `total` is checked first (over both limits is `OverTotal`); the `used` of a refusal
+    /// leaves out the claim being replaced. Lapsed claims may be pruned on the way.
     fn claim(&self, c: &Claim, limits: ClaimLimits, now: u64)
         -> Result<ClaimOutcome, CatalogError>;
 
@@ -278,6 +287,7 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Paths removed (deleted, expired, taken down) by any node from now on, as they happen:
     /// other nodes drop them from their caches. `None` where the catalog has one node only.
+    /// Best effort: a path removed while the feed is reconnecting may be missed.
     fn watch_removed(&self) -> Option<std::sync::mpsc::Receiver<String>> {
         None
     }

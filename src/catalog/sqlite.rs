@@ -34,6 +34,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX files_uploader ON files (uploader, created_at);
     CREATE INDEX files_created ON files (created_at);
     CREATE TABLE flags (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);",
+    // 2: shared state (records, leases, sequences, claims). A lease row lives while it is
+    // held; its tokens come from one counter (`counters.lease_token`) that only grows, so a
+    // released or expired lease can be forgotten and a later grant still gets a larger token.
+    "CREATE TABLE records (
+        key TEXT PRIMARY KEY NOT NULL,
+        value BLOB NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY NOT NULL,
+        holder TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        until_ms INTEGER NOT NULL
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+    CREATE TABLE seqs (name TEXT PRIMARY KEY NOT NULL, last INTEGER NOT NULL);
+    CREATE TABLE claims (
+        id TEXT PRIMARY KEY NOT NULL,
+        uploader TEXT,
+        bytes INTEGER NOT NULL,
+        until INTEGER NOT NULL
+    );
+    CREATE INDEX claims_uploader ON claims (uploader) WHERE uploader IS NOT NULL;",
 ];
 
 /// Most writes committed together.
@@ -49,11 +72,40 @@ enum Write {
         at: u64,
     },
     Flag(String, String),
+    RecordPut {
+        key: String,
+        value: Vec<u8>,
+        expect: Option<u64>,
+    },
+    RecordDelete(String),
+    Lease {
+        name: String,
+        holder: String,
+        now_ms: u64,
+        ttl_ms: u64,
+        steal: bool,
+    },
+    LeaseRelease {
+        name: String,
+        token: u64,
+    },
+    NextSeq(String),
+    DropSeq(String),
+    Claim {
+        claim: Claim,
+        limits: ClaimLimits,
+        now: u64,
+    },
+    ReleaseClaim(String),
 }
 
 enum Written {
     Done,
     Deleted(Option<FileRow>),
+    Version(u64),
+    Token(Option<u64>),
+    Seq(u64),
+    Claimed(ClaimOutcome),
 }
 
 type Reply = mpsc::SyncSender<Result<Written, CatalogError>>;
@@ -219,20 +271,29 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Write, Reply)>) {
     }
 }
 
-/// One transaction for the whole batch; a failed commit fails every write in it.
+/// One transaction for the whole batch; a failed commit fails every write in it. Each write
+/// runs under its own savepoint, so one that fails half-way (a refused claim, a full disk)
+/// leaves nothing behind in the shared commit.
 fn apply_batch(
     conn: &mut Connection,
     batch: &[(Write, Reply)],
 ) -> Vec<Result<Written, CatalogError>> {
-    let tx = match conn.transaction() {
+    let mut tx = match conn.transaction() {
         Ok(t) => t,
         Err(e) => {
             let e = backend(e);
             return batch.iter().map(|_| Err(clone_err(&e))).collect();
         }
     };
-    let mut results: Vec<Result<Written, CatalogError>> =
-        batch.iter().map(|(w, _)| apply(&tx, w)).collect();
+    let mut results: Vec<Result<Written, CatalogError>> = batch
+        .iter()
+        .map(|(w, _)| {
+            let sp = tx.savepoint().map_err(backend)?;
+            let r = apply(&sp, w)?;
+            sp.commit().map_err(backend)?;
+            Ok(r)
+        })
+        .collect();
     if let Err(e) = tx.commit() {
         let e = backend(e);
         results = batch.iter().map(|_| Err(clone_err(&e))).collect();
@@ -250,7 +311,7 @@ fn clone_err(e: &CatalogError) -> CatalogError {
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<Written, CatalogError> {
+fn apply(tx: &Connection, w: &Write) -> Result<Written, CatalogError> {
     match w {
         Write::Insert(row) => {
             let existing: Option<(Option<i64>, Option<String>)> = tx
@@ -335,7 +396,172 @@ fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<Written, CatalogEr
             .map_err(backend)?;
             Ok(Written::Done)
         }
+        Write::RecordPut { key, value, expect } => {
+            record_put(tx, key, value, *expect).map(Written::Version)
+        }
+        Write::RecordDelete(key) => {
+            tx.prepare_cached("DELETE FROM records WHERE key = ?1")
+                .and_then(|mut s| s.execute([key]))
+                .map_err(backend)?;
+            Ok(Written::Done)
+        }
+        Write::Lease {
+            name,
+            holder,
+            now_ms,
+            ttl_ms,
+            steal,
+        } => lease(tx, name, holder, *now_ms, *ttl_ms, *steal).map(Written::Token),
+        Write::LeaseRelease { name, token } => {
+            tx.prepare_cached("DELETE FROM leases WHERE name = ?1 AND token = ?2")
+                .and_then(|mut s| s.execute(params![name, to_i64(*token)]))
+                .map_err(backend)?;
+            Ok(Written::Done)
+        }
+        Write::NextSeq(name) => tx
+            .prepare_cached(
+                "INSERT INTO seqs (name, last) VALUES (?1, 1) \
+                 ON CONFLICT (name) DO UPDATE SET last = last + 1 RETURNING last",
+            )
+            .and_then(|mut s| s.query_row([name], |r| r.get::<_, i64>(0)))
+            .map(|n| Written::Seq(to_u64(n)))
+            .map_err(backend),
+        Write::DropSeq(name) => {
+            tx.prepare_cached("DELETE FROM seqs WHERE name = ?1")
+                .and_then(|mut s| s.execute([name]))
+                .map_err(backend)?;
+            Ok(Written::Done)
+        }
+        Write::Claim { claim, limits, now } => {
+            claim_space(tx, claim, *limits, *now).map(Written::Claimed)
+        }
+        Write::ReleaseClaim(id) => {
+            tx.prepare_cached("DELETE FROM claims WHERE id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(backend)?;
+            Ok(Written::Done)
+        }
     }
+}
+
+/// Create (`expect = None`) or compare-and-swap the record `key`; the new version.
+fn record_put(
+    tx: &Connection,
+    key: &str,
+    value: &[u8],
+    expect: Option<u64>,
+) -> Result<u64, CatalogError> {
+    let written: Option<i64> = match expect {
+        None => tx
+            .prepare_cached(
+                "INSERT INTO records (key, value, version) VALUES (?1, ?2, 1) \
+                 ON CONFLICT (key) DO NOTHING RETURNING version",
+            )
+            .and_then(|mut s| s.query_row(params![key, value], |r| r.get(0)).optional()),
+        Some(v) => tx
+            .prepare_cached(
+                "UPDATE records SET value = ?2, version = version + 1 \
+                 WHERE key = ?1 AND version = ?3 RETURNING version",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key, value, to_i64(v)], |r| r.get(0))
+                    .optional()
+            }),
+    }
+    .map_err(backend)?;
+    written.map(to_u64).ok_or(CatalogError::Conflict)
+}
+
+/// Grant, renew or refuse the lease `name` (the trait's rules); the writer thread makes it
+/// atomic. A new grant takes the next value of the lease-token counter.
+fn lease(
+    tx: &Connection,
+    name: &str,
+    holder: &str,
+    now_ms: u64,
+    ttl_ms: u64,
+    steal: bool,
+) -> Result<Option<u64>, CatalogError> {
+    let until = to_i64(now_ms.saturating_add(ttl_ms));
+    let current: Option<(String, i64, i64)> = tx
+        .prepare_cached("SELECT holder, token, until_ms FROM leases WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    let token = match current {
+        // A renewal: same holder, no steal; the token stays (nobody held it in between).
+        Some((h, token, _)) if h == holder && !steal => token,
+        // Another holder's, unexpired.
+        Some((_, _, held_until)) if held_until > to_i64(now_ms) && !steal => return Ok(None),
+        // Free, expired, or stolen: a new token, larger than any handed out before.
+        _ => tx
+            .prepare_cached(
+                "INSERT INTO counters (name, value) VALUES ('lease_token', 1) \
+                 ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+            )
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(backend)?,
+    };
+    tx.prepare_cached(
+        "INSERT INTO leases (name, holder, token, until_ms) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = excluded.token, \
+         until_ms = excluded.until_ms",
+    )
+    .and_then(|mut s| s.execute(params![name, holder, token, until]))
+    .map_err(backend)?;
+    Ok(Some(to_u64(token)))
+}
+
+/// Check `c` against `limits` (live files plus unexpired claims other than `c.id` itself)
+/// and record it if it fits; lapsed claims are pruned on the way.
+fn claim_space(
+    tx: &Connection,
+    c: &Claim,
+    limits: ClaimLimits,
+    now: u64,
+) -> Result<ClaimOutcome, CatalogError> {
+    let now = to_i64(now);
+    tx.prepare_cached("DELETE FROM claims WHERE until <= ?1")
+        .and_then(|mut s| s.execute([now]))
+        .map_err(backend)?;
+    if let Some(total) = limits.total {
+        let used: i64 = tx
+            .prepare_cached(
+                "SELECT (SELECT COALESCE(SUM(size), 0) FROM files WHERE deleted_at IS NULL) \
+                 + (SELECT COALESCE(SUM(bytes), 0) FROM claims WHERE until > ?1 AND id <> ?2)",
+            )
+            .and_then(|mut s| s.query_row(params![now, c.id], |r| r.get(0)))
+            .map_err(backend)?;
+        let used = to_u64(used);
+        if used.saturating_add(c.bytes) > total {
+            return Ok(ClaimOutcome::OverTotal { used });
+        }
+    }
+    if let (Some(cap), Some(uploader)) = (limits.per_uploader, &c.uploader) {
+        let used: i64 = tx
+            .prepare_cached(
+                "SELECT (SELECT COALESCE(SUM(size), 0) FROM files \
+                         WHERE deleted_at IS NULL AND uploader = ?3) \
+                 + (SELECT COALESCE(SUM(bytes), 0) FROM claims \
+                    WHERE until > ?1 AND id <> ?2 AND uploader = ?3)",
+            )
+            .and_then(|mut s| s.query_row(params![now, c.id, uploader], |r| r.get(0)))
+            .map_err(backend)?;
+        let used = to_u64(used);
+        if used.saturating_add(c.bytes) > cap {
+            return Ok(ClaimOutcome::OverUploader { used });
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO claims (id, uploader, bytes, until) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (id) DO UPDATE SET uploader = excluded.uploader, bytes = excluded.bytes, \
+         until = excluded.until",
+    )
+    .and_then(|mut s| s.execute(params![c.id, c.uploader, to_i64(c.bytes), to_i64(c.until)]))
+    .map_err(backend)?;
+    Ok(ClaimOutcome::Granted)
 }
 
 fn collect(
@@ -373,7 +599,7 @@ impl Catalog for SqliteCatalog {
             at,
         })? {
             Written::Deleted(r) => Ok(r),
-            Written::Done => Ok(None),
+            _ => Err(unexpected()),
         }
     }
 
@@ -494,48 +720,123 @@ impl Catalog for SqliteCatalog {
             .map(|_| ())
     }
 
-    // STUBS (being implemented): shared-state methods.
-    fn record_get(&self, _key: &str) -> Result<Option<Record>, CatalogError> {
-        Err(stub())
+    fn record_get(&self, key: &str) -> Result<Option<Record>, CatalogError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value, version FROM records WHERE key = ?1")?
+                .query_row([key], |r| {
+                    Ok(Record {
+                        value: r.get(0)?,
+                        version: to_u64(r.get(1)?),
+                    })
+                })
+                .optional()
+        })
     }
-    fn record_put(&self, _k: &str, _v: &[u8], _e: Option<u64>) -> Result<u64, CatalogError> {
-        Err(stub())
+
+    fn record_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        expect: Option<u64>,
+    ) -> Result<u64, CatalogError> {
+        match self.write(Write::RecordPut {
+            key: key.to_owned(),
+            value: value.to_vec(),
+            expect,
+        })? {
+            Written::Version(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
     }
-    fn record_delete(&self, _key: &str) -> Result<(), CatalogError> {
-        Err(stub())
+
+    fn record_delete(&self, key: &str) -> Result<(), CatalogError> {
+        self.write(Write::RecordDelete(key.to_owned())).map(|_| ())
     }
-    fn record_list(&self, _prefix: &str) -> Result<Vec<(String, Record)>, CatalogError> {
-        Err(stub())
+
+    fn record_list(&self, prefix: &str) -> Result<Vec<(String, Record)>, CatalogError> {
+        // The same range as `list`'s prefix: [prefix, prefix + U+10FFFF).
+        let hi = format!("{prefix}\u{10FFFF}");
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT key, value, version FROM records WHERE key >= ?1 AND key < ?2 \
+                 ORDER BY key",
+            )?
+            .query_map([prefix, hi.as_str()], |r| {
+                Ok((
+                    r.get(0)?,
+                    Record {
+                        value: r.get(1)?,
+                        version: to_u64(r.get(2)?),
+                    },
+                ))
+            })?
+            .collect()
+        })
     }
+
     fn lease(
         &self,
-        _n: &str,
-        _h: &str,
-        _now: u64,
-        _ttl: u64,
-        _s: bool,
+        name: &str,
+        holder: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+        steal: bool,
     ) -> Result<Option<u64>, CatalogError> {
-        Err(stub())
+        match self.write(Write::Lease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            now_ms,
+            ttl_ms,
+            steal,
+        })? {
+            Written::Token(t) => Ok(t),
+            _ => Err(unexpected()),
+        }
     }
-    fn lease_release(&self, _name: &str, _token: u64) -> Result<(), CatalogError> {
-        Err(stub())
+
+    fn lease_release(&self, name: &str, token: u64) -> Result<(), CatalogError> {
+        self.write(Write::LeaseRelease {
+            name: name.to_owned(),
+            token,
+        })
+        .map(|_| ())
     }
-    fn next_seq(&self, _name: &str) -> Result<u64, CatalogError> {
-        Err(stub())
+
+    fn next_seq(&self, name: &str) -> Result<u64, CatalogError> {
+        match self.write(Write::NextSeq(name.to_owned()))? {
+            Written::Seq(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
     }
-    fn drop_seq(&self, _name: &str) -> Result<(), CatalogError> {
-        Err(stub())
+
+    fn drop_seq(&self, name: &str) -> Result<(), CatalogError> {
+        self.write(Write::DropSeq(name.to_owned())).map(|_| ())
     }
-    fn claim(&self, _c: &Claim, _l: ClaimLimits, _now: u64) -> Result<ClaimOutcome, CatalogError> {
-        Err(stub())
+
+    fn claim(
+        &self,
+        c: &Claim,
+        limits: ClaimLimits,
+        now: u64,
+    ) -> Result<ClaimOutcome, CatalogError> {
+        match self.write(Write::Claim {
+            claim: c.clone(),
+            limits,
+            now,
+        })? {
+            Written::Claimed(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
     }
-    fn release_claim(&self, _id: &str) -> Result<(), CatalogError> {
-        Err(stub())
+
+    fn release_claim(&self, id: &str) -> Result<(), CatalogError> {
+        self.write(Write::ReleaseClaim(id.to_owned())).map(|_| ())
     }
 }
 
-fn stub() -> CatalogError {
-    CatalogError::Backend("not implemented yet".into())
+/// The writer answered a write with another write's kind of result (a bug).
+fn unexpected() -> CatalogError {
+    CatalogError::Backend("catalog writer answered with the wrong kind of result".into())
 }
 
 #[cfg(test)]
@@ -589,5 +890,45 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(c.stats(0).unwrap().files, 200);
+    }
+
+    #[test]
+    fn tokens_and_sequences_keep_growing_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("catalog.sqlite3");
+        let (token, seq) = {
+            let c = SqliteCatalog::open(&p, true).unwrap();
+            let t = c.lease("up/1", "n1", 1_000, 100, false).unwrap().unwrap();
+            c.lease_release("up/1", t).unwrap();
+            c.next_seq("parts/1").unwrap();
+            (t, c.next_seq("parts/1").unwrap())
+        };
+        let c = SqliteCatalog::open(&p, true).unwrap();
+        assert!(c.lease("up/1", "n2", 1_001, 100, false).unwrap().unwrap() > token);
+        assert_eq!(c.next_seq("parts/1").unwrap(), seq + 1);
+    }
+
+    #[test]
+    fn concurrent_swaps_of_one_version_let_exactly_one_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::sync::Arc::new(
+            SqliteCatalog::open(&dir.path().join("catalog.sqlite3"), false).unwrap(),
+        );
+        c.record_put("k", b"v", None).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (
+                        c.record_put("k", b"w", Some(1)).is_ok(),
+                        c.record_put(&format!("k{i}"), b"v", None).is_ok(),
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.0).count(), 1);
+        assert!(results.iter().all(|r| r.1));
+        assert_eq!(c.record_get("k").unwrap().unwrap().version, 2);
     }
 }
