@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::catalog::DeleteReason;
+use crate::catalog::{Claim, ClaimLimits, ClaimOutcome, DeleteReason};
 use crate::config::{Config, QuotaAction};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::storage::Store;
 
 /// Rolling window of the daily quota.
 const DAY: u64 = 24 * 3600;
@@ -33,6 +34,9 @@ pub struct Reservation {
     space: Arc<Space>,
     bytes: u64,
     uploader: Option<String>,
+    /// With several nodes: the claim in the shared catalog that holds the bytes against the
+    /// cluster's cap and the uploader's stored quota (dropped with the reservation).
+    claim: Option<(Arc<dyn Store>, String)>,
 }
 
 impl Reservation {
@@ -44,6 +48,18 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if let Some((storage, id)) = self.claim.take() {
+            // Published: the row counts now; failed: the bytes are free again.
+            let release = move || {
+                if let Err(e) = storage.catalog().release_claim(&id) {
+                    tracing::warn!(error = %e, "releasing a space claim (it lapses by itself)");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(release)),
+                Err(_) => release(),
+            }
+        }
         if let Ok(mut r) = self.space.reserved.lock() {
             r.0 = r.0.saturating_sub(self.bytes);
             if let Some(u) = &self.uploader {
@@ -113,11 +129,15 @@ impl Space {
     /// (blocking: reads the filesystem's free space). The uploader's bytes in flight are read
     /// under the same lock that records this reservation, so concurrent uploads of one
     /// uploader cannot together pass a quota.
+    /// With `shared` (several nodes), the cap and the stored quota are checked again, across
+    /// nodes, by a claim in the shared catalog ([`claim_shared`]): here only this node's
+    /// in-flight bytes would count, so the cap is left to the claim.
     fn reserve(
         self: &Arc<Self>,
         bytes: u64,
         uploader: Option<&str>,
         quota: Option<QuotaCheck>,
+        shared: bool,
     ) -> Result<Reservation, (Refusal, Option<u64>)> {
         let free = fs4::available_space(&self.root).unwrap_or(u64::MAX);
         let mut r = self.reserved.lock().map_err(|_| (Refusal::Cap, None))?;
@@ -130,7 +150,7 @@ impl Space {
                 return Err((Refusal::StoredQuota, None));
             }
         }
-        if self.max_total > 0 && self.stored() + r.0 + bytes > self.max_total {
+        if !shared && self.max_total > 0 && self.stored() + r.0 + bytes > self.max_total {
             return Err((Refusal::Cap, None));
         }
         if self.min_free > 0 && free.saturating_sub(r.0) < bytes.saturating_add(self.min_free) {
@@ -144,6 +164,7 @@ impl Space {
             space: self.clone(),
             bytes,
             uploader: uploader.map(str::to_owned),
+            claim: None,
         })
     }
 }
@@ -200,10 +221,58 @@ pub async fn admit(
     };
     let space = state.space.clone();
     let u = uploader.map(str::to_owned);
-    let r = tokio::task::spawn_blocking(move || space.reserve(bytes, u.as_deref(), quota))
+    let shared = state.cluster.is_some();
+    let r = tokio::task::spawn_blocking(move || space.reserve(bytes, u.as_deref(), quota, shared))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    r.map_err(|(refusal, retry)| refused(state, refusal, retry))
+    let mut r = r.map_err(|(refusal, retry)| refused(state, refusal, retry))?;
+    if shared {
+        claim_shared(state, &mut r, quota).await?;
+    }
+    Ok(r)
+}
+
+/// How long a claim holds space for an upload in flight: past it, a node that died mid-upload
+/// no longer holds the space.
+const CLAIM_TTL: u64 = 6 * 3600;
+
+/// With several nodes: hold the upload's bytes in the shared catalog against the cluster's
+/// cap and the uploader's stored quota, atomically with every other node's claims and files.
+async fn claim_shared(
+    state: &Arc<AppState>,
+    r: &mut Reservation,
+    quota: Option<QuotaCheck>,
+) -> Result<(), ApiError> {
+    let total = state.config().storage.max_total_size.as_u64();
+    let per_uploader = quota.map_or(0, |q| q.stored_max);
+    if total == 0 && (per_uploader == 0 || r.uploader.is_none()) {
+        return Ok(());
+    }
+    let mut raw = [0u8; 12];
+    getrandom::fill(&mut raw).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let claim = Claim {
+        id: format!("up:{}", hex::encode(raw)),
+        uploader: r.uploader.clone(),
+        bytes: r.bytes,
+        until: state.clock.now_secs() + CLAIM_TTL,
+    };
+    let limits = ClaimLimits {
+        total: (total > 0).then_some(total),
+        per_uploader: (per_uploader > 0).then_some(per_uploader),
+    };
+    let (storage, now, c) = (state.storage.clone(), state.clock.now_secs(), claim.clone());
+    let outcome = tokio::task::spawn_blocking(move || storage.catalog().claim(&c, limits, now))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(crate::storage::StorageError::from)?;
+    match outcome {
+        ClaimOutcome::Granted => {
+            r.claim = Some((state.storage.clone(), claim.id));
+            Ok(())
+        }
+        ClaimOutcome::OverTotal { .. } => Err(refused(state, Refusal::Cap, None)),
+        ClaimOutcome::OverUploader { .. } => Err(refused(state, Refusal::StoredQuota, None)),
+    }
 }
 
 fn refused(state: &AppState, r: Refusal, retry_after: Option<u64>) -> ApiError {
