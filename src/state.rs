@@ -96,6 +96,48 @@ pub struct AppState {
     pub cluster: Option<crate::cluster::Cluster>,
 }
 
+/// The store the configuration names, on its catalog: the filesystem or S3, on the embedded
+/// SQLite catalog or a shared PostgreSQL one. An S3 store that does not refuse a second
+/// create-only write is refused here (publishing would not be create-only on it).
+async fn open_storage(
+    config: &Config,
+    cluster: Option<&crate::cluster::Cluster>,
+) -> Result<Arc<dyn Store>, StateError> {
+    use crate::config::{Backend, Durability};
+    let dir = &config.storage.dir;
+    let durable = config.storage.durability == Durability::Fsync;
+    let shared: Option<Arc<dyn crate::catalog::Catalog>> = if config.catalog.is_shared() {
+        // PG-WIRING: the PostgreSQL catalog lands next.
+        return Err(
+            StorageError::Io(std::io::Error::other("postgres catalog: not built yet")).into(),
+        );
+    } else {
+        None
+    };
+    Ok(match config.storage.backend {
+        Backend::Fs => Arc::new(match shared {
+            Some(c) => FsStorage::open_with(dir, config.storage.durability, c)?,
+            None => FsStorage::open(dir, config.storage.durability)?,
+        }),
+        Backend::S3 => {
+            let catalog = match shared {
+                Some(c) => c,
+                None => Arc::new(crate::storage::open_sqlite_catalog(dir, durable)?),
+            };
+            let node = cluster.map_or_else(|| "local".to_owned(), |c| c.node.clone());
+            let s = crate::storage::S3Storage::open(
+                &config.storage.s3,
+                catalog,
+                dir.join("spool"),
+                node,
+            )
+            .await?;
+            s.probe_create_only().await?;
+            Arc::new(s)
+        }
+    })
+}
+
 impl AppState {
     pub async fn new(settings: Settings) -> Result<Arc<Self>, StateError> {
         Self::with_clock(settings, Arc::new(crate::clock::SystemClock)).await
@@ -114,10 +156,7 @@ impl AppState {
         let config = live.config.clone();
         let audit = crate::admin::audit::Audit::new(&config.audit, clock.clone());
         let cluster = crate::cluster::Cluster::from_config(&config);
-        let storage: Arc<dyn Store> = Arc::new(FsStorage::open(
-            &config.storage.dir,
-            config.storage.durability,
-        )?);
+        let storage = open_storage(&config, cluster.as_ref()).await?;
         let metrics = Metrics::new()?;
         let engine = Engine::new(
             &config.engine,

@@ -26,6 +26,7 @@ pub mod contract;
 mod fs;
 mod memory;
 pub mod path;
+mod s3;
 pub mod store;
 
 use std::io;
@@ -37,6 +38,7 @@ use crate::catalog::CatalogError;
 pub use fs::{FsStorage, StagedFile};
 pub use memory::MemStorage;
 pub use path::{PathError, PathRules, StoredPath};
+pub use s3::S3Storage;
 pub use store::{
     buf_bytes, Buf, IoBuf, Opened, RangeRead, SmallRead, Staged, StagedObject, StagedStat, Store,
 };
@@ -92,6 +94,19 @@ impl From<io::Error> for StorageError {
             },
         }
     }
+}
+
+/// The embedded catalog (`catalog.sqlite3` under `dir`, which is created), for a store that
+/// keeps no catalog of its own on the filesystem (S3 on one node).
+pub fn open_sqlite_catalog(
+    dir: &std::path::Path,
+    durable: bool,
+) -> Result<crate::catalog::sqlite::SqliteCatalog, StorageError> {
+    std::fs::create_dir_all(dir)?;
+    Ok(crate::catalog::sqlite::SqliteCatalog::open(
+        &dir.join("catalog.sqlite3"),
+        durable,
+    )?)
 }
 
 /// Metadata kept beside each published file.
