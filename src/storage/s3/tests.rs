@@ -1,0 +1,366 @@
+//! Tests against a real S3 server: `SLUICE_TEST_S3_ENDPOINT` (and `SLUICE_TEST_S3_BUCKET`,
+//! default `sluice-test`; credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`),
+//! e.g. the SeaweedFS of `tests/services/seaweedfs.sh`. Unset: each test says it is skipped.
+//! Each test works under its own random key prefix, with its own SQLite catalog.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::catalog::sqlite::SqliteCatalog;
+use crate::storage::contract::{self, VecBuf};
+use crate::storage::{FileMeta, PathRules, RangeRead, Staged, Store, StoredPath};
+
+const MIB: u64 = 1024 * 1024;
+
+/// The test's S3 configuration, `None` (test skipped) without an endpoint.
+fn config(part_size: u64) -> Option<S3Config> {
+    let Ok(endpoint) = std::env::var("SLUICE_TEST_S3_ENDPOINT") else {
+        println!("skipped: SLUICE_TEST_S3_ENDPOINT unset");
+        return None;
+    };
+    Some(S3Config {
+        endpoint,
+        bucket: std::env::var("SLUICE_TEST_S3_BUCKET").unwrap_or_else(|_| "sluice-test".into()),
+        prefix: format!("test-{}", random_hex(8).unwrap()),
+        part_size: bytesize::ByteSize::b(part_size),
+        timeout: Duration::from_secs(30),
+        ..S3Config::default()
+    })
+}
+
+/// One catalog shared by the test's nodes.
+fn catalog(dir: &Path) -> Arc<dyn Catalog> {
+    Arc::new(SqliteCatalog::open(&dir.join("catalog.sqlite3"), false).unwrap())
+}
+
+/// A node: its own store over the shared catalog, its own spool directory.
+async fn node(cfg: &S3Config, c: &Arc<dyn Catalog>, dir: &Path, name: &str) -> S3Storage {
+    S3Storage::open_unchecked(cfg, c.clone(), dir.join(name), name.to_owned())
+        .await
+        .unwrap()
+}
+
+/// Every await of a test is bounded.
+async fn bounded<F: Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(300), f)
+        .await
+        .expect("test timed out");
+}
+
+fn sp(s: &str) -> StoredPath {
+    StoredPath::parse(s, &PathRules::default()).unwrap()
+}
+
+fn meta(size: u64) -> FileMeta {
+    FileMeta {
+        size,
+        sha256: "00".into(),
+        content_type: "application/octet-stream".into(),
+        uploaded_at: 1,
+        uploader: None,
+        expires_at: None,
+    }
+}
+
+/// Deterministic bytes that differ at every offset that matters (xorshift).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn read(r: &dyn RangeRead, offset: u64, len: usize) -> Vec<u8> {
+    r.read_at(offset, len, VecBuf::boxed(len.max(1)))
+        .await
+        .unwrap()
+        .filled()
+        .to_vec()
+}
+
+/// Write `data` from `offset` in 256 KiB writes.
+async fn write_all(staged: &Staged, mut offset: u64, data: &[u8]) {
+    for chunk in data.chunks(256 * 1024) {
+        staged
+            .write_at(offset, Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+        offset += chunk.len() as u64;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_passes_the_contract() {
+    let Some(cfg) = config(5 * MIB) else { return };
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let s = node(&cfg, &catalog(dir.path()), dir.path(), "a").await;
+        contract::run(Arc::new(s.clone())).await;
+        s.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_mib_in_five_mib_parts_reads_back_identical() {
+    let Some(cfg) = config(5 * MIB) else { return };
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let s = node(&cfg, &catalog(dir.path()), dir.path(), "a").await;
+        let data = pattern(20 * MIB as usize + 12345, 7);
+        let staged = s.stage().await.unwrap();
+        write_all(&staged, 0, &data).await;
+        staged.flush().await.unwrap();
+        assert_eq!(staged.size().await.unwrap(), data.len() as u64);
+        // Staged bytes read back across a part boundary and into the spool.
+        let at = 5 * MIB - 10;
+        assert_eq!(
+            read(&*staged, at, 20).await,
+            data[at as usize..at as usize + 20]
+        );
+        let tail_at = data.len() as u64 - 100;
+        assert_eq!(read(&*staged, tail_at, 100).await, data[tail_at as usize..]);
+        s.commit(staged, &sp("big/twenty.bin"), &meta(data.len() as u64))
+            .await
+            .unwrap();
+        let o = s.open(&sp("big/twenty.bin"), None).await.unwrap();
+        assert_eq!(o.meta.size, data.len() as u64);
+        let r = o.reader.as_ref();
+        let mut got = Vec::with_capacity(data.len());
+        let mut off = 0u64;
+        while off < data.len() as u64 {
+            let n = (MIB as usize + 333).min(data.len() - off as usize);
+            got.extend_from_slice(&read(r, off, n).await);
+            off += n as u64;
+        }
+        assert!(
+            got == data,
+            "the published file differs from what was written"
+        );
+        for edge in [5 * MIB - 1, 10 * MIB, 15 * MIB + 1] {
+            assert_eq!(
+                read(r, edge - 3, 7).await,
+                data[edge as usize - 3..edge as usize + 4]
+            );
+        }
+        // The staging objects are gone.
+        let left = s
+            .shared
+            .client
+            .list_objects_v2()
+            .bucket(&cfg.bucket)
+            .prefix(format!("{}staging/", s.shared.prefix))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(left.key_count(), Some(0));
+        s.close().await;
+    })
+    .await;
+}
+
+/// A cut inside a part: the parts after it go, its head comes back into the spool (read
+/// back from S3), and the writes go on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_inside_a_part_keeps_its_head() {
+    let Some(cfg) = config(5 * MIB) else { return };
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let c = catalog(dir.path());
+        let (a, b) = (
+            node(&cfg, &c, dir.path(), "a").await,
+            node(&cfg, &c, dir.path(), "b").await,
+        );
+        let id = "sessCUTSCUTSCUTSCUTS";
+        let data = pattern(12 * MIB as usize, 11);
+        let staged = a.stage_named(id).await.unwrap();
+        write_all(&staged, 0, &data).await;
+        staged.flush().await.unwrap();
+        drop(staged);
+        let keep = 7 * MIB as usize + 99;
+        let staged = b.reopen(id, Some(keep as u64)).await.unwrap();
+        assert_eq!(staged.size().await.unwrap(), keep as u64);
+        assert_eq!(b.stat_staged(id).await.unwrap().len, keep as u64);
+        let more = pattern(4 * MIB as usize, 12);
+        write_all(&staged, keep as u64, &more).await;
+        let mut want = data[..keep].to_vec();
+        want.extend_from_slice(&more);
+        assert_eq!(
+            read(&*staged, keep as u64 - 8, 16).await,
+            want[keep - 8..keep + 8]
+        );
+        b.commit(staged, &sp("cut/file.bin"), &meta(want.len() as u64))
+            .await
+            .unwrap();
+        let o = a.open(&sp("cut/file.bin"), None).await.unwrap();
+        let got = read(o.reader.as_ref(), 0, want.len()).await;
+        assert!(
+            got == want,
+            "the published file differs from what was written"
+        );
+        a.close().await;
+        b.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_object_is_finished_on_another_node() {
+    let Some(cfg) = config(5 * MIB) else { return };
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let c = catalog(dir.path());
+        let (a, b) = (
+            node(&cfg, &c, dir.path(), "a").await,
+            node(&cfg, &c, dir.path(), "b").await,
+        );
+        let id = "sessMOVESMOVESMOVES";
+        let data = pattern(13 * MIB as usize + 777, 3);
+        let first = 7 * MIB as usize + 5;
+        let staged = a.stage_named(id).await.unwrap();
+        write_all(&staged, 0, &data[..first]).await;
+        staged.flush().await.unwrap();
+        drop(staged);
+        assert_eq!(b.stat_staged(id).await.unwrap().len, first as u64);
+        let staged = b.reopen(id, None).await.unwrap();
+        assert_eq!(staged.size().await.unwrap(), first as u64);
+        // Bytes in the part and in the tail, read back on the other node.
+        assert_eq!(read(&*staged, 0, 16).await, data[..16]);
+        assert_eq!(
+            read(&*staged, first as u64 - 16, 16).await,
+            data[first - 16..first]
+        );
+        write_all(&staged, first as u64, &data[first..]).await;
+        staged.flush().await.unwrap();
+        b.commit(staged, &sp("moved/file.bin"), &meta(data.len() as u64))
+            .await
+            .unwrap();
+        let o = a.open(&sp("moved/file.bin"), None).await.unwrap();
+        let got = read(o.reader.as_ref(), 0, data.len()).await;
+        assert!(
+            got == data,
+            "the published file differs from what was written"
+        );
+        assert!(matches!(
+            a.reopen(id, None).await,
+            Err(StorageError::NotFound)
+        ));
+        a.close().await;
+        b.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_to_one_path_make_one_file() {
+    let Some(cfg) = config(5 * MIB) else { return };
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let c = catalog(dir.path());
+        let (a, b) = (
+            node(&cfg, &c, dir.path(), "a").await,
+            node(&cfg, &c, dir.path(), "b").await,
+        );
+        for round in 0..3 {
+            let path = sp(&format!("race/{round}.bin"));
+            // Round 1 races multipart commits (two parts and a tail each).
+            let len = if round == 1 { 11 * MIB as usize } else { 1000 };
+            let publish = |s: S3Storage, byte: u8| {
+                let path = path.clone();
+                async move {
+                    let staged = s.stage().await.unwrap();
+                    write_all(&staged, 0, &vec![byte; len]).await;
+                    s.commit(staged, &path, &meta(len as u64)).await
+                }
+            };
+            let (ra, rb) = tokio::join!(publish(a.clone(), b'a'), publish(b.clone(), b'b'));
+            let winner = match (&ra, &rb) {
+                (Ok(()), Err(StorageError::Exists)) => b'a',
+                (Err(StorageError::Exists), Ok(())) => b'b',
+                other => panic!("round {round}: expected one Ok and one Exists, got {other:?}"),
+            };
+            let o = b.open(&path, None).await.unwrap();
+            assert_eq!(read(o.reader.as_ref(), 0, len).await, vec![winner; len]);
+        }
+        a.close().await;
+        b.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_create_only_probe_passes() {
+    let Some(cfg) = config(5 * MIB) else { return };
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let s = node(&cfg, &catalog(dir.path()), dir.path(), "a").await;
+        s.probe_create_only().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_taken_over_is_superseded() {
+    let Some(cfg) = config(5 * MIB) else { return };
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let c = catalog(dir.path());
+        let (a, b) = (
+            node(&cfg, &c, dir.path(), "a").await,
+            node(&cfg, &c, dir.path(), "b").await,
+        );
+        let id = "sessSTALESTALESTALE";
+        let staged = a.stage_named(id).await.unwrap();
+        staged
+            .write_at(0, Bytes::from_static(b"shared start;"))
+            .await
+            .unwrap();
+        staged.flush().await.unwrap();
+        drop(staged);
+        let stale = a.reopen(id, None).await.unwrap();
+        let fresh = b.reopen(id, Some(13)).await.unwrap();
+        fresh
+            .write_at(13, Bytes::from_static(b" fresh"))
+            .await
+            .unwrap();
+        fresh.flush().await.unwrap();
+        // The stale writer may still write locally, but cannot make it count.
+        stale
+            .write_at(13, Bytes::from_static(b" stale"))
+            .await
+            .unwrap();
+        let e = stale.flush().await.unwrap_err();
+        assert!(superseded_in(&e), "expected Superseded, got {e}");
+        assert!(matches!(
+            a.commit(stale, &sp("stale/x.txt"), &meta(19)).await,
+            Err(StorageError::Superseded)
+        ));
+        // A stale commit without a flush first is fenced the same way.
+        let stale = a.reopen(id, None).await.unwrap();
+        let fresh = b.reopen(id, None).await.unwrap();
+        let r = a.commit(stale, &sp("stale/x.txt"), &meta(19)).await;
+        assert!(matches!(r, Err(StorageError::Superseded)), "{r:?}");
+        assert!(matches!(
+            a.stat(&sp("stale/x.txt")).await,
+            Err(StorageError::NotFound)
+        ));
+        b.commit(fresh, &sp("stale/x.txt"), &meta(19))
+            .await
+            .unwrap();
+        let o = a.open(&sp("stale/x.txt"), None).await.unwrap();
+        assert_eq!(read(o.reader.as_ref(), 0, 19).await, b"shared start; fresh");
+        a.close().await;
+        b.close().await;
+    })
+    .await;
+}
