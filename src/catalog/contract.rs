@@ -29,6 +29,7 @@ pub fn run(c: &dyn Catalog) {
     list_filters_and_pages(c);
     stats_and_usage(c);
     flags(c);
+    paths_are_ordered_by_their_bytes(c);
     records_are_created_once_and_swapped_by_version(c);
     records_list_by_prefix_in_key_order(c);
     leases_fence_holders_with_growing_tokens(c);
@@ -202,6 +203,31 @@ fn flags(c: &dyn Catalog) {
     assert_eq!(c.get_flag("imported").unwrap().as_deref(), Some("2"));
 }
 
+fn paths_are_ordered_by_their_bytes(c: &dyn Catalog) {
+    // Byte order of the UTF-8, not a locale's ("B" < "Z" < "a" < "\u{e9}").
+    for p in ["ord/a", "ord/\u{e9}", "ord/Z", "ord/B"] {
+        c.insert(row(p, 1, 1, None, None)).unwrap();
+    }
+    let q = |after: Option<&str>| ListQuery {
+        prefix: Some("ord/".into()),
+        after: after.map(str::to_owned),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    let paths = |v: Vec<FileRow>| v.into_iter().map(|r| r.path).collect::<Vec<_>>();
+    assert_eq!(
+        paths(c.list(&q(None)).unwrap()),
+        vec!["ord/B", "ord/Z", "ord/a", "ord/\u{e9}"]
+    );
+    assert_eq!(
+        paths(c.list(&q(Some("ord/Z"))).unwrap()),
+        vec!["ord/a", "ord/\u{e9}"]
+    );
+    for p in ["ord/a", "ord/\u{e9}", "ord/Z", "ord/B"] {
+        c.delete(p, DeleteReason::Removed, 2).unwrap();
+    }
+}
+
 fn records_are_created_once_and_swapped_by_version(c: &dyn Catalog) {
     let rec = |v: &[u8], version| Record {
         value: v.to_vec(),
@@ -247,7 +273,7 @@ fn records_are_created_once_and_swapped_by_version(c: &dyn Catalog) {
 }
 
 fn records_list_by_prefix_in_key_order(c: &dyn Catalog) {
-    for k in ["rl/b", "rl/a", "rlx/c", "rl/a/1", "r", "rl/\u{e9}"] {
+    for k in ["rl/b", "rl/a", "rlx/c", "rl/a/1", "r", "rl/\u{e9}", "rl/B"] {
         c.record_put(k, k.as_bytes(), None).unwrap();
     }
     c.record_put("rl/b", b"b2", Some(1)).unwrap();
@@ -259,10 +285,13 @@ fn records_list_by_prefix_in_key_order(c: &dyn Catalog) {
             .collect::<Vec<_>>()
     };
     // Ordered by key bytes (UTF-8), whatever the database's collation.
-    assert_eq!(keys("rl/"), vec!["rl/a", "rl/a/1", "rl/b", "rl/\u{e9}"]);
+    assert_eq!(
+        keys("rl/"),
+        vec!["rl/B", "rl/a", "rl/a/1", "rl/b", "rl/\u{e9}"]
+    );
     assert_eq!(
         keys("rl"),
-        vec!["rl/a", "rl/a/1", "rl/b", "rl/\u{e9}", "rlx/c"]
+        vec!["rl/B", "rl/a", "rl/a/1", "rl/b", "rl/\u{e9}", "rlx/c"]
     );
     assert_eq!(keys("rl/a/"), vec!["rl/a/1"]);
     assert!(keys("nothing/").is_empty());
@@ -280,7 +309,7 @@ fn records_list_by_prefix_in_key_order(c: &dyn Catalog) {
     // The empty prefix lists every record.
     assert_eq!(
         keys(""),
-        vec!["r", "rl/a", "rl/a/1", "rl/b", "rl/\u{e9}", "rlx/c"]
+        vec!["r", "rl/B", "rl/a", "rl/a/1", "rl/b", "rl/\u{e9}", "rlx/c"]
     );
     for k in keys("") {
         c.record_delete(&k).unwrap();

@@ -2,13 +2,16 @@
 //! uploader where the grant names one, created, expires, state), queryable by age, uploader
 //! and path. It is the source of truth for what is published; the files tree holds the bytes.
 //!
-//! The contract ([`Catalog`]) is plain: rows in, rows out, no backend-specific behaviour, so a
-//! PostgreSQL backend can pass the same contract suite (`catalog::contract`, in test builds).
-//! The embedded backend is SQLite ([`sqlite::SqliteCatalog`]), its file under `storage.dir`.
+//! The contract ([`Catalog`]) is plain: rows in, rows out, no backend-specific behaviour; both
+//! backends pass one contract suite (`catalog::contract`, in test builds). The embedded
+//! backend is SQLite ([`sqlite::SqliteCatalog`]), its file under `storage.dir`, for one node;
+//! several nodes share PostgreSQL ([`postgres::PgCatalog`]), which also feeds
+//! [`Catalog::watch_removed`].
 //!
 //! Every method blocks: callers run them on the blocking pool, never on the async threads.
 //! Must not: see HTTP types, touch the files tree.
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
