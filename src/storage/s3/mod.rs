@@ -25,8 +25,12 @@
 //!
 //! Must not: see HTTP types; log credentials; hold a whole part in memory.
 
+mod client;
 mod commit;
 mod object;
+mod ops;
+mod reader;
+mod state;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -37,17 +41,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::ByteStream;
 use tokio_util::task::TaskTracker;
 
-use super::store::Buf;
 use super::StorageError;
-use crate::catalog::{Catalog, CatalogError};
-use crate::config::{KeyConfig, S3Config};
+use crate::catalog::Catalog;
+use crate::config::S3Config;
+use client::build_client;
+use ops::{file_body, len_i64, s3_err, status_of};
 
 /// S3's smallest part (all but the last part of a multipart upload).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -81,13 +82,16 @@ struct Shared {
     handles: Mutex<HashMap<String, std::sync::Weak<object::S3Object>>>,
     /// Clean-ups that outlive the call that started them (a dropped upload's parts).
     tasks: TaskTracker,
+    /// `GetObject` requests of published files' readers (tests count them).
+    #[cfg(test)]
+    reader_gets: std::sync::atomic::AtomicUsize,
 }
 
 /// A released handle's state: its spool file and its view of the object (a superset of
 /// record version `version`: writes not flushed yet, parts not recorded yet).
 struct Spare {
     version: u64,
-    rec: object::Record,
+    rec: state::Record,
     spool_len: u64,
     dirty: bool,
     path: PathBuf,
@@ -146,6 +150,8 @@ impl S3Storage {
                 spares: Mutex::default(),
                 handles: Mutex::default(),
                 tasks: TaskTracker::new(),
+                #[cfg(test)]
+                reader_gets: Default::default(),
             }),
         })
     }
@@ -189,69 +195,6 @@ impl S3Storage {
     }
 }
 
-/// The SDK client, built by hand: endpoint, region, static credentials, path style, the ring
-/// TLS provider, checksums only where an operation requires them (many S3-compatible stores
-/// reject the SDK's default trailing checksums), a time limit per operation.
-fn build_client(cfg: &S3Config) -> Result<aws_sdk_s3::Client, StorageError> {
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    let (id, secret) = credentials(cfg.credentials.as_ref())?;
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-        .operation_timeout(cfg.timeout)
-        .build();
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(&cfg.endpoint)
-        .region(Region::new(cfg.region.clone()))
-        .credentials_provider(Credentials::new(id, secret, None, None, "sluice-config"))
-        .force_path_style(cfg.path_style)
-        .http_client(http)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .timeout_config(timeouts)
-        .build();
-    Ok(aws_sdk_s3::Client::from_conf(conf))
-}
-
-/// The access key: from the configuration (the secret inline, in a file or an environment
-/// variable, like the key ring) or `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
-fn credentials(k: Option<&KeyConfig>) -> Result<(String, String), StorageError> {
-    let env = |var: &str| {
-        std::env::var(var)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| invalid(format!("S3 credentials: {var} is not set")))
-    };
-    let Some(k) = k else {
-        return Ok((env("AWS_ACCESS_KEY_ID")?, env("AWS_SECRET_ACCESS_KEY")?));
-    };
-    if k.id.is_empty() {
-        return Err(invalid("storage.s3.credentials needs an id".to_owned()));
-    }
-    let secret = if let Some(s) = &k.secret {
-        s.clone()
-    } else if let Some(path) = &k.secret_file {
-        std::fs::read_to_string(path)
-            .map_err(|e| invalid(format!("S3 secret: cannot read {}: {e}", path.display())))?
-            .trim_end_matches(['\n', '\r'])
-            .to_owned()
-    } else if let Some(var) = &k.secret_env {
-        env(var)?
-    } else {
-        return Err(invalid(
-            "storage.s3.credentials: no secret given".to_owned(),
-        ));
-    };
-    if secret.is_empty() {
-        return Err(invalid(
-            "storage.s3.credentials: the secret is empty".to_owned(),
-        ));
-    }
-    Ok((k.id.clone(), secret))
-}
-
 fn clear_spool_dir(dir: &std::path::Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)? {
@@ -261,275 +204,6 @@ fn clear_spool_dir(dir: &std::path::Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-impl Shared {
-    fn file_key(&self, path: &str) -> String {
-        format!("{}files/{path}", self.prefix)
-    }
-
-    /// The prefix of every object a staged object keeps (parts and tails).
-    fn staging_prefix(&self, id: &str) -> String {
-        format!("{}staging/{id}/", self.prefix)
-    }
-
-    /// Run a catalog call on the blocking pool.
-    async fn cat<T, F>(&self, f: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Catalog) -> Result<T, CatalogError> + Send + 'static,
-    {
-        let c = self.catalog.clone();
-        tokio::task::spawn_blocking(move || f(c.as_ref()))
-            .await
-            .map_err(|e| StorageError::Io(io::Error::other(e)))?
-            .map_err(StorageError::from)
-    }
-
-    /// Put `len` bytes of the file at `path` (from its start) as the object `key`, streamed
-    /// from the file; with `create_only`, `If-None-Match: *`.
-    async fn put_from_file(
-        &self,
-        key: &str,
-        path: &std::path::Path,
-        len: u64,
-        create_only: bool,
-    ) -> Result<(), SdkPutError> {
-        let body = file_body(path, len).await.map_err(SdkPutError::Local)?;
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(len_i64(len))
-            .body(body);
-        if create_only {
-            req = req.if_none_match("*");
-        }
-        req.send().await.map_err(|e| {
-            let status = status_of(&e);
-            SdkPutError::S3(status, s3_err("PutObject", e))
-        })?;
-        Ok(())
-    }
-
-    async fn delete_key(&self, key: &str) -> io::Result<()> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| s3_err("DeleteObject", e))?;
-        Ok(())
-    }
-
-    /// Delete every object under `prefix` (a staged object's parts and tails).
-    async fn delete_prefix(&self, prefix: &str) -> io::Result<()> {
-        use futures_util::StreamExt;
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| s3_err("ListObjectsV2", e))?;
-            let keys: Vec<String> = page
-                .contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned))
-                .collect();
-            let results: Vec<io::Result<()>> = futures_util::stream::iter(keys)
-                .map(|k| async move { self.delete_key(&k).await })
-                .buffer_unordered(8)
-                .collect()
-                .await;
-            results.into_iter().collect::<io::Result<()>>()?;
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => return Ok(()),
-            }
-        }
-    }
-
-    /// Fill `buf[at..at + len]` with the bytes of `key` at `offset`, streaming the response
-    /// body into the buffer (no copy in between). Fewer bytes there: `UnexpectedEof`.
-    async fn get_into(
-        &self,
-        key: &str,
-        offset: u64,
-        len: usize,
-        mut buf: Buf,
-        at: usize,
-    ) -> io::Result<Buf> {
-        if len == 0 {
-            return Ok(buf);
-        }
-        let end = at + len;
-        if end > buf.capacity() {
-            return Err(io::Error::other("read longer than the buffer"));
-        }
-        let last = offset + len as u64 - 1;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={offset}-{last}"))
-            .send()
-            .await
-            .map_err(|e| match status_of(&e) {
-                Some(416) => io::Error::new(io::ErrorKind::UnexpectedEof, "range past the end"),
-                _ => s3_err("GetObject", e),
-            })?;
-        let mut body = out.body;
-        let mut pos = at;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| io::Error::other(format!("S3 GetObject body: {e}")))?;
-            let next = pos + chunk.len();
-            if next > end {
-                return Err(io::Error::other(
-                    "S3 GetObject answered more bytes than the range asked for",
-                ));
-            }
-            buf.spare_mut(end)[pos..next].copy_from_slice(&chunk);
-            pos = next;
-        }
-        if pos < end {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "range past the end",
-            ));
-        }
-        Ok(buf)
-    }
-
-    /// Remember a dropped handle's state for the next reopen of `id` on this node.
-    fn keep_spare(&self, id: &str, spare: Spare) {
-        let Ok(mut s) = self.spares.lock() else {
-            let _ = std::fs::remove_file(&spare.path);
-            return;
-        };
-        if s.len() >= SPARES_MAX {
-            if let Some(k) = s.keys().next().cloned() {
-                if let Some(old) = s.remove(&k) {
-                    let _ = std::fs::remove_file(old.path);
-                }
-            }
-        }
-        if let Some(old) = s.insert(id.to_owned(), spare) {
-            let _ = std::fs::remove_file(old.path);
-        }
-    }
-
-    /// The length of `id` as this node sees it, if this node's view is of record version
-    /// `version` (its open handle or its last dropped one): writes not flushed yet count.
-    async fn local_len(&self, id: &str, version: u64) -> Option<u64> {
-        let open = self.handles.lock().ok()?.get(id).and_then(|w| w.upgrade());
-        if let Some(obj) = open {
-            let st = obj.st.lock().await;
-            if st.version == version && obj.check_live().is_ok() {
-                return Some(st.len());
-            }
-            return None;
-        }
-        let spares = self.spares.lock().ok()?;
-        let s = spares.get(id).filter(|s| s.version == version)?;
-        Some(s.rec.parts.iter().map(|p| p.size).sum::<u64>() + s.spool_len)
-    }
-
-    /// Note `obj` as this node's open handle of its id.
-    fn register(&self, obj: &Arc<object::S3Object>) {
-        if let Ok(mut h) = self.handles.lock() {
-            h.insert(obj.id.clone(), Arc::downgrade(obj));
-        }
-    }
-
-    /// Forget the open handle at `ptr` (being dropped), unless a later one replaced it.
-    fn unregister(&self, id: &str, ptr: *const object::S3Object) {
-        if let Ok(mut h) = self.handles.lock() {
-            if h.get(id).is_some_and(|w| std::ptr::eq(w.as_ptr(), ptr)) {
-                h.remove(id);
-            }
-        }
-    }
-
-    /// Take the spare spool file of `id`, if any.
-    fn take_spare(&self, id: &str) -> Option<Spare> {
-        self.spares.lock().ok()?.remove(id)
-    }
-
-    /// Forget (and delete) the spare spool file of `id`.
-    fn drop_spare(&self, id: &str) {
-        if let Some(s) = self.take_spare(id) {
-            let _ = std::fs::remove_file(s.path);
-        }
-    }
-}
-
-/// A failed put: the store's answer (its HTTP status, if one came) or a local error.
-#[derive(Debug)]
-enum SdkPutError {
-    S3(Option<u16>, io::Error),
-    Local(io::Error),
-}
-
-impl SdkPutError {
-    fn status(&self) -> Option<u16> {
-        match self {
-            SdkPutError::S3(s, _) => *s,
-            SdkPutError::Local(_) => None,
-        }
-    }
-}
-
-impl From<SdkPutError> for io::Error {
-    fn from(e: SdkPutError) -> Self {
-        match e {
-            SdkPutError::S3(_, e) | SdkPutError::Local(e) => e,
-        }
-    }
-}
-
-/// A request body of the first `len` bytes of the file at `path` (read as it is sent; reopened
-/// by path when the SDK retries).
-async fn file_body(path: &std::path::Path, len: u64) -> io::Result<ByteStream> {
-    if len == 0 {
-        return Ok(ByteStream::from_static(b""));
-    }
-    ByteStream::read_from()
-        .path(path)
-        .offset(0)
-        .length(Length::Exact(len))
-        .build()
-        .await
-        .map_err(|e| io::Error::other(format!("spool file: {e}")))
-}
-
-fn len_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// The HTTP status of a failed request, when the store answered.
-fn status_of<E>(e: &SdkError<E>) -> Option<u16> {
-    e.raw_response().map(|r| r.status().as_u16())
-}
-
-/// An SDK error as an `io::Error` (`NotFound` for a 404), with the whole source chain in its
-/// message (never credentials: the SDK does not put them in errors).
-fn s3_err<E>(op: &str, e: SdkError<E>) -> io::Error
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let kind = match status_of(&e) {
-        Some(404) => io::ErrorKind::NotFound,
-        _ => io::ErrorKind::Other,
-    };
-    io::Error::new(kind, format!("S3 {op}: {}", DisplayErrorContext(&e)))
 }
 
 fn invalid(msg: String) -> StorageError {

@@ -5,13 +5,14 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::object::{self, record_key, seq_name, S3Object};
-use super::{random_hex, S3Storage, Shared};
+use super::object::S3Object;
+use super::reader::S3Reader;
+use super::state::{self, record_key, seq_name};
+use super::{random_hex, S3Storage};
 use crate::catalog::{Catalog, DeleteReason, FileRow};
-use crate::storage::store::{valid_id, IoFuture, Records, StoreFuture};
+use crate::storage::store::{valid_id, Records, StoreFuture};
 use crate::storage::{
-    Buf, FileMeta, Opened, RangeRead, SmallRead, Staged, StagedStat, StorageError, Store,
-    StoredPath,
+    FileMeta, Opened, RangeRead, SmallRead, Staged, StagedStat, StorageError, Store, StoredPath,
 };
 
 /// Prefix of the catalog records behind [`Store::put_record`].
@@ -20,32 +21,6 @@ const SESSION: &str = "session:";
 const STAGED: &str = "staged:";
 /// Tries of an unconditional record replace against concurrent writers.
 const REPLACE_TRIES: usize = 32;
-
-/// A published file open for reading: ranged `GetObject`s.
-struct S3Reader {
-    shared: Arc<Shared>,
-    key: String,
-    size: u64,
-}
-
-impl RangeRead for S3Reader {
-    fn read_at(&self, offset: u64, len: usize, buf: Buf) -> IoFuture<'_, Buf> {
-        Box::pin(async move {
-            if len > buf.capacity() {
-                return Err(io::Error::other("read longer than the buffer"));
-            }
-            if offset.checked_add(len as u64).is_none_or(|e| e > self.size) {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "range past the end",
-                ));
-            }
-            let mut buf = self.shared.get_into(&self.key, offset, len, buf, 0).await?;
-            buf.set_len(len);
-            Ok(buf)
-        })
-    }
-}
 
 fn bad_id(what: &str) -> StorageError {
     StorageError::Io(io::Error::new(
@@ -113,7 +88,7 @@ impl Store for S3Storage {
     fn stage(&self) -> StoreFuture<'_, Staged> {
         Box::pin(async move {
             let id = format!("put-{}", random_hex(16)?);
-            let obj = object::create(&self.shared, id, false, 0).await?;
+            let obj = state::create(&self.shared, id, false, 0).await?;
             Ok(Staged::new(obj, true))
         })
     }
@@ -125,13 +100,13 @@ impl Store for S3Storage {
             }
             let version = self
                 .shared
-                .store_record(id, &object::Record::default(), None)
+                .store_record(id, &state::Record::default(), None)
                 .await
                 .map_err(|e| match e {
                     StorageError::Superseded => StorageError::Exists,
                     other => other,
                 })?;
-            let obj = object::create(&self.shared, id.to_owned(), true, version).await?;
+            let obj = state::create(&self.shared, id.to_owned(), true, version).await?;
             Ok(Staged::new(obj, false))
         })
     }
@@ -142,7 +117,7 @@ impl Store for S3Storage {
                 return Err(StorageError::NotFound);
             }
             Ok(Staged::new(
-                object::reopen(&self.shared, id, len).await?,
+                state::reopen(&self.shared, id, len).await?,
                 false,
             ))
         })
@@ -174,11 +149,11 @@ impl Store for S3Storage {
     fn open<'a>(&'a self, p: &'a StoredPath, small: Option<SmallRead>) -> StoreFuture<'a, Opened> {
         Box::pin(async move {
             let meta = self.live_row(p).await?.ok_or(StorageError::NotFound)?;
-            let reader = Arc::new(S3Reader {
-                shared: self.shared.clone(),
-                key: self.shared.file_key(p.as_str()),
-                size: meta.size,
-            });
+            let reader = Arc::new(S3Reader::new(
+                self.shared.clone(),
+                self.shared.file_key(p.as_str()),
+                meta.size,
+            ));
             let mut whole = None;
             let want = small.and_then(|f| f(meta.size));
             if let (Some(buf), Ok(n)) = (want, usize::try_from(meta.size)) {
