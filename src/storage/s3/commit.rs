@@ -165,7 +165,7 @@ impl S3Storage {
         let key = sh.file_key(p.as_str());
         let mut retried = false;
         loop {
-            match self.put_bytes(obj, st, &key).await {
+            match self.put_bytes_leased(obj, st, &key, held).await {
                 Ok(()) => break,
                 Err(Refused::Failed(e)) => return Err(e),
                 Err(Refused::Taken) if retried => return Err(StorageError::Exists),
@@ -185,8 +185,15 @@ impl S3Storage {
             path: p.as_str().to_owned(),
             meta: meta.clone(),
         };
+        // The object is ours only while the lease is: past it, another publisher may have
+        // taken our object for an orphan and published its own.
+        if !self.still_held(held).await {
+            return Err(lost_lease());
+        }
         if let Err(e) = sh.cat(move |c| c.insert(row)).await {
-            let _ = sh.delete_key(&key).await;
+            if self.still_held(held).await {
+                let _ = sh.delete_key(&key).await;
+            }
             return Err(e);
         }
         if obj.named {
@@ -199,6 +206,29 @@ impl S3Storage {
             }
         }
         Ok(())
+    }
+
+    /// [`S3Storage::put_bytes`] with the lease renewed every third of its ttl meanwhile (a
+    /// large multipart commit can outlast it); a lease lost meanwhile stops the publish.
+    async fn put_bytes_leased(
+        &self,
+        obj: &S3Object,
+        st: &ObjState,
+        key: &str,
+        held: &Held,
+    ) -> Result<(), Refused> {
+        let renew = async {
+            loop {
+                tokio::time::sleep(self.shared.lease_ttl / 3).await;
+                if !self.still_held(held).await {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            r = self.put_bytes(obj, st, key) => r,
+            () = renew => Err(Refused::Failed(lost_lease())),
+        }
     }
 
     /// Write the object's bytes at `key`, create-only.
@@ -327,6 +357,12 @@ impl S3Storage {
             Err(e) => Err(Refused::from(s3_err("CompleteMultipartUpload", e))),
         }
     }
+}
+
+fn lost_lease() -> StorageError {
+    StorageError::Io(io::Error::other(
+        "lost the publish lease while publishing (the store or the catalog was too slow)",
+    ))
 }
 
 fn completed(number: i32, etag: &str) -> CompletedPart {

@@ -20,7 +20,7 @@
 //! A staged object's bytes not yet in a part live in a local spool file under the spool
 //! directory (one per open handle), never in memory: memory per upload stays bounded by the
 //! caller's buffers. A named staged object's state is the versioned catalog record
-//! `staged:<id>` (see [`object`]); every write of it is a compare-and-swap, so a writer that
+//! `staged:<id>` (see [`state`]); every write of it is a compare-and-swap, so a writer that
 //! another request (on any node) took over gets [`StorageError::Superseded`].
 //!
 //! Must not: see HTTP types; log credentials; hold a whole part in memory.
@@ -101,7 +101,7 @@ impl S3Storage {
     /// Connect to the bucket of `cfg` (no request is made yet: see
     /// [`S3Storage::probe_create_only`]). Staged bytes are spooled under `spool_dir` (created;
     /// spool files left by an earlier process are removed: what they held is in S3 or was never
-    /// acknowledged). `node` names this node in leases.
+    /// acknowledged; so one store per spool directory). `node` names this node in leases.
     pub async fn open(
         cfg: &S3Config,
         catalog: Arc<dyn Catalog>,
@@ -114,17 +114,6 @@ impl S3Storage {
                 cfg.part_size
             )));
         }
-        Self::open_unchecked(cfg, catalog, spool_dir, node).await
-    }
-
-    /// [`S3Storage::open`] without the part size floor (tests use tiny parts where the store
-    /// allows them).
-    async fn open_unchecked(
-        cfg: &S3Config,
-        catalog: Arc<dyn Catalog>,
-        spool_dir: PathBuf,
-        node: String,
-    ) -> Result<S3Storage, StorageError> {
         if cfg.endpoint.is_empty() || cfg.bucket.is_empty() {
             return Err(invalid(
                 "storage.s3 needs an endpoint and a bucket".to_owned(),
@@ -216,8 +205,16 @@ fn superseded_io() -> io::Error {
     io::Error::other(StorageError::Superseded)
 }
 
-/// Whether `e` is [`StorageError::Superseded`] carried by an `io::Error`.
-pub fn superseded_in(e: &io::Error) -> bool {
+impl S3Storage {
+    /// Whether a data operation's error (a [`StagedObject::flush`](super::StagedObject::flush)
+    /// or write) says that another writer took the staged object over:
+    /// [`StorageError::Superseded`] carried by the `io::Error`.
+    pub fn is_superseded(e: &io::Error) -> bool {
+        superseded_in(e)
+    }
+}
+
+fn superseded_in(e: &io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<StorageError>())
         .is_some_and(|s| matches!(s, StorageError::Superseded))

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::state::{download, seq_name, PartRef, Record};
+use super::state::{download, record_key, seq_name, PartRef, Record};
 use super::{blocking, superseded_io, Shared, Spare};
 use crate::storage::store::{IoFuture, RangeRead, StagedObject};
 use crate::storage::{Buf, StorageError};
@@ -134,11 +134,19 @@ impl S3Object {
     /// Send the spool as the next part and start it over.
     async fn send_part(&self, st: &mut ObjState) -> io::Result<()> {
         let n = if self.named {
-            let seq = seq_name(&self.id);
-            self.shared
-                .cat(move |c| c.next_seq(&seq))
+            // A writer taken over stops here rather than sending parts nobody will use.
+            let (key, seq) = (record_key(&self.id), seq_name(&self.id));
+            let (version, n) = self
+                .shared
+                .cat(move |c| Ok((c.record_get(&key)?.map(|r| r.version), c.next_seq(&seq)?)))
                 .await
-                .map_err(io::Error::other)?
+                .map_err(io::Error::other)?;
+            if version != Some(st.version) {
+                self.superseded.store(true, Ordering::Release);
+                self.gone.store(true, Ordering::Release);
+                return Err(superseded_io());
+            }
+            n
         } else {
             st.next_local += 1;
             st.next_local

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 
 use super::Shared;
@@ -204,15 +204,25 @@ pub(super) fn status_of<E>(e: &SdkError<E>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
 
-/// An SDK error as an `io::Error` (`NotFound` for a 404), with the whole source chain in its
-/// message (never credentials: the SDK does not put them in errors).
+/// An SDK error as an `io::Error` (`NotFound` for a 404): the store's status, code and message
+/// when it answered, else the whole source chain (a timeout, a refused connection). Never
+/// credentials: the SDK puts no request headers in its errors.
 pub(super) fn s3_err<E>(op: &str, e: SdkError<E>) -> io::Error
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
-    let kind = match status_of(&e) {
+    let status = status_of(&e);
+    let kind = match status {
         Some(404) => io::ErrorKind::NotFound,
         _ => io::ErrorKind::Other,
     };
-    io::Error::new(kind, format!("S3 {op}: {}", DisplayErrorContext(&e)))
+    let detail = match (&e, status) {
+        (SdkError::ServiceError(se), Some(status)) => format!(
+            "HTTP {status} {}: {}",
+            se.err().code().unwrap_or("(no code)"),
+            se.err().message().unwrap_or("(no message)")
+        ),
+        _ => DisplayErrorContext(&e).to_string(),
+    };
+    io::Error::new(kind, format!("S3 {op}: {detail}"))
 }

@@ -40,7 +40,7 @@ fn catalog(dir: &Path) -> Arc<dyn Catalog> {
 
 /// A node: its own store over the shared catalog, its own spool directory.
 async fn node(cfg: &S3Config, c: &Arc<dyn Catalog>, dir: &Path, name: &str) -> S3Storage {
-    S3Storage::open_unchecked(cfg, c.clone(), dir.join(name), name.to_owned())
+    S3Storage::open(cfg, c.clone(), dir.join(name), name.to_owned())
         .await
         .unwrap()
 }
@@ -354,11 +354,20 @@ async fn a_writer_taken_over_is_superseded() {
             .await
             .unwrap();
         let e = stale.flush().await.unwrap_err();
-        assert!(superseded_in(&e), "expected Superseded, got {e}");
+        assert!(S3Storage::is_superseded(&e), "expected Superseded, got {e}");
         assert!(matches!(
             a.commit(stale, &sp("stale/x.txt"), &meta(19)).await,
             Err(StorageError::Superseded)
         ));
+        // A stale writer stops at its next part.
+        let stale = a.reopen(id, None).await.unwrap();
+        let fresh = b.reopen(id, None).await.unwrap();
+        let e = stale
+            .write_at(19, Bytes::from(vec![1; 5 * MIB as usize]))
+            .await
+            .unwrap_err();
+        assert!(S3Storage::is_superseded(&e), "expected Superseded, got {e}");
+        drop((stale, fresh));
         // A stale commit without a flush first is fenced the same way.
         let stale = a.reopen(id, None).await.unwrap();
         let fresh = b.reopen(id, None).await.unwrap();
