@@ -107,10 +107,13 @@ async fn open_storage(
     let dir = &config.storage.dir;
     let durable = config.storage.durability == Durability::Fsync;
     let shared: Option<Arc<dyn crate::catalog::Catalog>> = if config.catalog.is_shared() {
-        // PG-WIRING: the PostgreSQL catalog lands next.
-        return Err(
-            StorageError::Io(std::io::Error::other("postgres catalog: not built yet")).into(),
-        );
+        let cfg = config.catalog.clone();
+        let pg =
+            tokio::task::spawn_blocking(move || crate::catalog::postgres::PgCatalog::connect(&cfg))
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+                .map_err(StorageError::from)?;
+        Some(Arc::new(pg))
     } else {
         None
     };

@@ -6,6 +6,7 @@
 
 mod admin;
 mod clients;
+mod cluster;
 mod common;
 mod digest;
 mod download;

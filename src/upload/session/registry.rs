@@ -265,12 +265,12 @@ impl SessionStore {
                 let hold = self
                     .take_lease(cluster, s, take_over, token.clone())
                     .await?;
-                match self.refresh(s).await? {
-                    None => return Err(SessionError::NotFound),
-                    // Another node wrote: the hash in memory is behind.
-                    Some(true) => state.hasher = None,
-                    Some(false) => {}
+                if self.refresh(s).await?.is_none() {
+                    return Err(SessionError::NotFound);
                 }
+                // Another node may have written since this node last did: the running hash
+                // comes from the shared state (it travels with the offset it covers).
+                state.hasher = None;
                 Some(hold)
             }
             None => None,
