@@ -23,6 +23,10 @@
 //! `staged:<id>` (see [`state`]); every write of it is a compare-and-swap, so a writer that
 //! another request (on any node) took over gets [`StorageError::Superseded`].
 //!
+//! Crashes can leave staging objects and multipart uploads behind; [`S3Storage::sweep_orphans`]
+//! removes them (or a bucket lifecycle rule does: expire `staging/` objects and abort
+//! incomplete multipart uploads after a day).
+//!
 //! Must not: see HTTP types; log credentials; hold a whole part in memory.
 
 mod client;
@@ -32,6 +36,7 @@ mod ops;
 mod reader;
 mod state;
 mod store;
+mod sweep;
 #[cfg(test)]
 mod tests;
 

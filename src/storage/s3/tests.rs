@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::sweep::Swept;
 use super::*;
 use crate::catalog::sqlite::SqliteCatalog;
 use crate::storage::contract::{self, VecBuf};
@@ -384,6 +385,68 @@ async fn a_writer_taken_over_is_superseded() {
         assert_eq!(read(o.reader.as_ref(), 0, 19).await, b"shared start; fresh");
         a.close().await;
         b.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_what_crashes_left_and_nothing_else() {
+    let Some(cfg) = config(5 * MIB) else { return };
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let s = node(&cfg, &catalog(dir.path()), dir.path(), "a").await;
+        let sh = &s.shared;
+        let put = |key: String| async move {
+            sh.client
+                .put_object()
+                .bucket(&sh.bucket)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from_static(b"left"))
+                .send()
+                .await
+                .unwrap();
+        };
+        // A crashed PUT's part, a deleted session's tail, a crashed commit's upload.
+        put(sh.part_key("put-0123456789abcdef", 1)).await;
+        put(sh.tail_key("sessGONEGONEGONEGONE", 3)).await;
+        sh.client
+            .create_multipart_upload()
+            .bucket(&sh.bucket)
+            .key(sh.file_key("crashed/commit.bin"))
+            .send()
+            .await
+            .unwrap();
+        // A live session keeps its tail.
+        let live = s.stage_named("sessLIVELIVELIVELIVE").await.unwrap();
+        live.write_at(0, Bytes::from_static(b"keep me"))
+            .await
+            .unwrap();
+        live.flush().await.unwrap();
+        drop(live);
+        // Nothing is old enough yet.
+        let none = s.sweep_orphans(Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(none, Swept::default());
+        let swept = s.sweep_orphans(Duration::ZERO).await.unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                staged: 2,
+                uploads: 1
+            }
+        );
+        let left = sh
+            .client
+            .list_objects_v2()
+            .bucket(&sh.bucket)
+            .prefix(format!("{}staging/", sh.prefix))
+            .send()
+            .await
+            .unwrap();
+        let keys: Vec<&str> = left.contents().iter().filter_map(|o| o.key()).collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(keys[0].contains("sessLIVELIVELIVELIVE"));
+        let staged = s.reopen("sessLIVELIVELIVELIVE", None).await.unwrap();
+        assert_eq!(read(&*staged, 0, 7).await, b"keep me");
     })
     .await;
 }
