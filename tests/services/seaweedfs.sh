@@ -52,8 +52,9 @@ stop() {
     local pid
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null; then
+        # weed stops its parts one by one (a few seconds; longer after heavy writes).
         kill "$pid"
-        for _ in $(seq 100); do
+        for _ in $(seq 300); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
