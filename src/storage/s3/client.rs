@@ -37,7 +37,7 @@ pub(super) fn build_client(cfg: &S3Config) -> Result<aws_sdk_s3::Client, Storage
 
 /// The access key: from the configuration (the secret inline, in a file or an environment
 /// variable, like the key ring) or `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
-fn credentials(k: Option<&KeyConfig>) -> Result<(String, String), StorageError> {
+pub(super) fn credentials(k: Option<&KeyConfig>) -> Result<(String, String), StorageError> {
     let env = |var: &str| {
         std::env::var(var)
             .ok()

@@ -166,12 +166,20 @@ impl S3Storage {
                 .body(ByteStream::from_static(b"sluice create-only probe"))
                 .send()
         };
-        put().await.map_err(|e| s3_err("PutObject (probe)", e))?;
+        let unconfirmed = |e: io::Error| {
+            StorageError::Io(io::Error::other(format!(
+                "could not confirm that the S3 store honours create-only writes \
+                 (If-None-Match: *): {e}"
+            )))
+        };
+        put()
+            .await
+            .map_err(|e| unconfirmed(s3_err("PutObject (probe)", e)))?;
         let second = put().await;
         let _ = sh.delete_key(&key).await;
         match second {
             Err(e) if status_of(&e) == Some(412) => Ok(()),
-            Err(e) => Err(s3_err("PutObject (second probe)", e).into()),
+            Err(e) => Err(unconfirmed(s3_err("PutObject (second probe)", e))),
             Ok(_) => Err(StorageError::Io(io::Error::other(format!(
                 "the S3 store at bucket {} does not honour create-only writes \
                  (PutObject with If-None-Match: * replaced an existing object); \

@@ -450,3 +450,71 @@ async fn the_sweep_removes_what_crashes_left_and_nothing_else() {
     })
     .await;
 }
+
+/// A store that takes every request with 200 (so overwrites too): the probe must refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_refuses_a_store_that_overwrites() {
+    bounded(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let ok = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Empty::<Bytes>::new(),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), ok)
+                        .await;
+                });
+            }
+        });
+        let cfg = S3Config {
+            endpoint,
+            bucket: "any".into(),
+            credentials: Some(crate::config::KeyConfig {
+                id: "id".into(),
+                secret: Some("not-a-real-secret".into()),
+                secret_file: None,
+                secret_env: None,
+            }),
+            timeout: Duration::from_secs(10),
+            ..S3Config::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let s = node(&cfg, &catalog(dir.path()), dir.path(), "a").await;
+        let e = s.probe_create_only().await.unwrap_err();
+        assert!(
+            e.to_string().contains("does not honour create-only writes"),
+            "{e}"
+        );
+    })
+    .await;
+}
+
+#[test]
+fn credentials_come_inline_or_from_a_file() {
+    let key = |secret: Option<&str>, file: Option<std::path::PathBuf>| crate::config::KeyConfig {
+        id: "AKIDEXAMPLE".into(),
+        secret: secret.map(str::to_owned),
+        secret_file: file,
+        secret_env: None,
+    };
+    let (id, secret) = client::credentials(Some(&key(Some("inline-secret"), None))).unwrap();
+    assert_eq!(
+        (id.as_str(), secret.as_str()),
+        ("AKIDEXAMPLE", "inline-secret")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let (_, secret) = client::credentials(Some(&key(None, Some(file)))).unwrap();
+    assert_eq!(secret, "from-a-file");
+    let e = client::credentials(Some(&key(None, None))).unwrap_err();
+    assert!(e.to_string().contains("no secret given"), "{e}");
+    let mut no_id = key(Some("s"), None);
+    no_id.id.clear();
+    assert!(client::credentials(Some(&no_id)).is_err());
+}
