@@ -94,6 +94,10 @@ pub async fn sweep(state: &Arc<AppState>) -> Result<SweepReport, ApiError> {
     Ok(report)
 }
 
+/// Age past which staging leftovers are removed (or twice the resumable session lifetime, if
+/// longer), so a live upload's parts are never taken.
+const LEFTOVER_AGE: Duration = Duration::from_secs(48 * 3600);
+
 /// The expiry sweeper: a sweep every `retention.sweep_interval` until `stop`.
 pub async fn sweep_loop(state: Arc<AppState>, every: Duration, stop: CancellationToken) {
     loop {
@@ -111,6 +115,13 @@ pub async fn sweep_loop(state: Arc<AppState>, every: Duration, stop: Cancellatio
                     Ok(r) if r.files > 0 => tracing::info!(files = r.files, bytes = r.bytes, "swept expired files"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                }
+                // Leftovers of crashed uploads (S3 staging objects, unfinished multipart
+                // uploads): old enough that no live upload can own them.
+                match state.storage.sweep_leftovers(LEFTOVER_AGE.max(state.config().resumable.session_ttl * 2)).await {
+                    Ok(n) if n > 0 => tracing::info!(leftovers = n, "removed leftovers of crashed uploads"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "sweeping upload leftovers failed"),
                 }
             }
         }

@@ -81,6 +81,13 @@ impl From<CatalogError> for StorageError {
 
 impl From<io::Error> for StorageError {
     fn from(e: io::Error) -> Self {
+        // A data operation that found its object taken over carries the lifecycle error.
+        if e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<StorageError>())
+            .is_some_and(|s| matches!(s, StorageError::Superseded))
+        {
+            return StorageError::Superseded;
+        }
         // ENOSPC = 28, EDQUOT = 122, ENOTDIR = 20 (a segment of the path is a file: there
         // is nothing under it), ENAMETOOLONG = 36 on Linux.
         match e.raw_os_error() {

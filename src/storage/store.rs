@@ -233,6 +233,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delete the state record `id` (gone already is fine).
     fn delete_record<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Remove what crashed uploads left behind and nobody will claim, untouched for
+    /// `older_than` (a store whose start-up reconciliation does this needs nothing here).
+    /// Returns how many leftovers went.
+    fn sweep_leftovers(&self, _older_than: std::time::Duration) -> StoreFuture<'_, u64> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// Whether `id` can name a staged object or record: the shape of a session id, nothing that

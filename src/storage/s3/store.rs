@@ -72,6 +72,12 @@ impl S3Storage {
 }
 
 impl Store for S3Storage {
+    fn sweep_leftovers(&self, older_than: std::time::Duration) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let s = self.sweep_orphans(older_than).await?;
+            Ok((s.staged + s.uploads) as u64)
+        })
+    }
     fn catalog(&self) -> &dyn Catalog {
         self.shared.catalog.as_ref()
     }
