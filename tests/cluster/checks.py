@@ -194,18 +194,6 @@ def expiry(c, count):
           f"expiry: removals counted across all nodes = {after - before:.0f} (exactly {count})")
 
 
-def quota(c):
-    """One uploader's stored quota (10 KiB) holds across nodes: 9 uploads of 3000 bytes sent
-    at once to three nodes, exactly 3 stored."""
-    user = "q" + os.urandom(4).hex()
-    with cf.ThreadPoolExecutor(9) as ex:
-        futs = [ex.submit(c.put, c.node(k % len(c.info["nodes"])), f"{user}/f{k}.bin",
-                          os.urandom(3000)) for k in range(9)]
-        codes = sorted(f.result()[0] for f in futs)
-    check(codes.count(201) == 3 and codes.count(507) == 6,
-          f"quota: 9 racing uploads over 3 nodes against a 10 KiB quota: {codes}")
-
-
 def kill_mid_append(c, binary):
     """kill -9 of the node holding an upload's lease mid-append; resume through another node."""
     size = 18 * MiB + 777
@@ -269,7 +257,6 @@ def main():
     c = Cluster(info, a.secret, a.admin_token)
     for name, fn in [("race", lambda: race(c, a.race_rounds)), ("alternating", lambda: alternating(c)),
                      ("takedown", lambda: takedown(c)), ("expiry", lambda: expiry(c, 12)),
-                     ("quota", lambda: quota(c)),
                      ("kill", lambda: kill_mid_append(c, a.bin))]:
         t0 = time.time()
         try:

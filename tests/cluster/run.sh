@@ -117,10 +117,6 @@ durability = "none"
 rules = [{ prefix = "exp/", max_age = "2s" }]
 sweep_interval = "1s"
 
-[quota]
-stored = "10KiB"
-uploader_from_first_segment = ["v"]
-
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 token = { secret = "$TOKEN" }
