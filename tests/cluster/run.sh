@@ -151,7 +151,7 @@ fi
 # ----------------------------------------------------------------------------- 2, 3 suites
 if [[ " $SUITES " == *" interop "* ]]; then
   log "interop suite through nginx (3 nodes)"
-  bash "$REPO/tests/interop/run.sh" "$HERE/launch.py" > "$WORK/interop.log" 2>&1 </dev/null || true
+  INTEROP_BEHIND_PROXY=1 bash "$REPO/tests/interop/run.sh" "$HERE/launch.py" > "$WORK/interop.log" 2>&1 </dev/null || true
   tally interop "$WORK/interop.log" interop
 fi
 if [[ " $SUITES " == *" resumable "* ]]; then

@@ -593,7 +593,13 @@ async def run_service(xmpp, res, service, kind, args):
         put_url, get_url, sh = await fresh("truncated.bin")
         hdrs = [h for h in put_headers(sh, size, ctype) if h[0] != "Content-Length"]
         r = await loop.run_in_executor(None, lambda: truncated_put(put_url, hdrs, size, size // 2))
-        res.check(r.status == 400, f"{what}: PUT -> 400", f"PUT {put_url} -> {r.describe()}")
+        if os.environ.get("INTEROP_BEHIND_PROXY"):
+            # nginx drops a request whose client went away mid-body without answering it;
+            # what matters is checked next (nothing published, the path still usable).
+            res.check(r.status in (400, None), f"{what}: PUT -> 400 or closed by the proxy",
+                      f"PUT {put_url} -> {r.describe()}")
+        else:
+            res.check(r.status == 400, f"{what}: PUT -> 400", f"PUT {put_url} -> {r.describe()}")
         await still_usable(what, put_url, get_url, sh)
 
         if kind == "jwt":
