@@ -8,6 +8,11 @@
 //! several nodes share PostgreSQL ([`postgres::PgCatalog`]), which also feeds
 //! [`Catalog::watch_removed`].
 //!
+//! Both backends keep the live totals (files and bytes, overall and per uploader) in rows of
+//! their own, updated by triggers in the transaction of every write to the files table, so a
+//! claim or `stats` reads a few rows whatever the number of files; the contract suite checks
+//! them against a full scan.
+//!
 //! Every method blocks: callers run them on the blocking pool, never on the async threads.
 //! Must not: see HTTP types, touch the files tree.
 

@@ -239,23 +239,23 @@ pub(super) fn list(catalog: &PgCatalog, q: &ListQuery) -> Result<Vec<FileRow>, C
     )
 }
 
+/// Live totals from the rows the trigger keeps (see `connect`), not a scan of the files.
 pub(super) fn stats(catalog: &PgCatalog, top: usize) -> Result<Stats, CatalogError> {
     let pool = catalog.pool.clone();
     catalog.run(async move {
         let c = pool.get().await.map_err(pool_err)?;
         let totals = c
             .query_one(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM files \
-                 WHERE deleted_at IS NULL",
+                "SELECT COALESCE(SUM(files), 0)::BIGINT, COALESCE(SUM(bytes), 0)::BIGINT \
+                 FROM usage_total",
                 &[],
             )
             .await
             .map_err(db)?;
         let top_uploaders = c
             .query(
-                "SELECT uploader, COUNT(*), SUM(size)::BIGINT FROM files \
-                 WHERE deleted_at IS NULL AND uploader IS NOT NULL \
-                 GROUP BY uploader ORDER BY SUM(size) DESC, uploader LIMIT $1",
+                "SELECT uploader, files, bytes FROM usage \
+                 ORDER BY bytes DESC, uploader LIMIT $1",
                 &[&to_i64(top as u64)],
             )
             .await

@@ -21,8 +21,11 @@
 //! keep the database on a trusted network or a tunnel). The password, which may come from
 //! the URL, `password_file` or `password_env`, is never logged, and the URL neither.
 //!
-//! Layout: `connect` (settings, pool, migrations), `files` (file rows and flags), `shared`
-//! (records, leases, sequences, claims), `feed` (the removal feed).
+//! PostgreSQL 11 or later (the trigger that keeps the live totals needs `EXECUTE FUNCTION`).
+//!
+//! Layout: `connect` (settings, pool, migrations, and the trigger that keeps the live
+//! totals), `files` (file rows and flags), `shared` (records, leases, sequences, claims),
+//! `feed` (the removal feed).
 //!
 //! Must not: see HTTP types, touch the files tree.
 

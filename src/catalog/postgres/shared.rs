@@ -191,7 +191,8 @@ pub(super) fn release_claim(catalog: &PgCatalog, id: &str) -> Result<(), Catalog
 
 /// Check `c` against `limits` and record it if it fits, atomically across nodes: every
 /// claim takes the same transaction-scoped advisory lock, so checks and inserts of claims
-/// never interleave.
+/// never interleave. Live files count through the totals the trigger keeps (see `connect`):
+/// a claim reads a few rows, however many files there are.
 async fn claim_space(
     pool: &Pool,
     c: &Claim,
@@ -221,7 +222,7 @@ async fn claim_space(
     if let Some(total) = limits.total {
         let used = used(
             "SELECT LEAST( \
-               (SELECT COALESCE(SUM(size), 0) FROM files WHERE deleted_at IS NULL) \
+               (SELECT COALESCE(SUM(bytes), 0) FROM usage_total) \
                + (SELECT COALESCE(SUM(bytes), 0) FROM claims WHERE until > $1 AND id <> $2), \
                9223372036854775807)::BIGINT",
             None,
@@ -234,8 +235,7 @@ async fn claim_space(
     if let (Some(cap), Some(uploader)) = (limits.per_uploader, &c.uploader) {
         let used = used(
             "SELECT LEAST( \
-               (SELECT COALESCE(SUM(size), 0) FROM files \
-                WHERE deleted_at IS NULL AND uploader = $3) \
+               COALESCE((SELECT bytes FROM usage WHERE uploader = $3), 0) \
                + (SELECT COALESCE(SUM(bytes), 0) FROM claims \
                   WHERE until > $1 AND id <> $2 AND uploader = $3), \
                9223372036854775807)::BIGINT",

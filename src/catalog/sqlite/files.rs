@@ -185,16 +185,15 @@ pub(super) fn list(c: &Connection, q: &ListQuery) -> rusqlite::Result<Vec<FileRo
     )
 }
 
+/// Live totals from the rows the triggers keep (see `schema`), not a scan of the files.
 pub(super) fn stats(c: &Connection, top: usize) -> rusqlite::Result<Stats> {
     let (files, bytes): (i64, i64) = c.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE deleted_at IS NULL",
+        "SELECT COALESCE(SUM(files), 0), COALESCE(SUM(bytes), 0) FROM usage_total",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let mut s = c.prepare_cached(
-        "SELECT uploader, COUNT(*), SUM(size) FROM files \
-         WHERE deleted_at IS NULL AND uploader IS NOT NULL \
-         GROUP BY uploader ORDER BY SUM(size) DESC, uploader LIMIT ?1",
+        "SELECT uploader, files, bytes FROM usage ORDER BY bytes DESC, uploader LIMIT ?1",
     )?;
     let top_uploaders = s
         .query_map([to_i64(top as u64)], |r| {

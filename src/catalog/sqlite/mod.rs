@@ -3,8 +3,9 @@
 //! queue while a commit is running share the next commit (one fsync for all of them). Reads use
 //! their own connections and never wait for the writer.
 //!
-//! Layout: `schema` (migrations), `writer` (the writer thread and its batches), `files` (file
-//! rows and flags), `shared` (records, leases, sequences, claims).
+//! Layout: `schema` (migrations, and the triggers that keep the live totals), `writer` (the
+//! writer thread and its batches), `files` (file rows and flags), `shared` (records, leases,
+//! sequences, claims).
 
 mod files;
 mod schema;

@@ -6,7 +6,7 @@ use super::backend;
 use crate::catalog::CatalogError;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: files and flags.
     "CREATE TABLE files (
         path TEXT PRIMARY KEY NOT NULL,
@@ -47,6 +47,56 @@ const MIGRATIONS: &[&str] = &[
         until INTEGER NOT NULL
     );
     CREATE INDEX claims_uploader ON claims (uploader) WHERE uploader IS NOT NULL;",
+    // 3: live totals, per uploader (`usage`, a row while the uploader has a live file) and
+    // overall (`usage_total`, one row), so that claims and stats read two rows instead of
+    // summing every file. Triggers keep them in the transaction of every write to `files`
+    // (a row that stops being live is taken off, one that becomes live added), whichever
+    // statement made it; the migration fills them from the rows already there.
+    "CREATE TABLE usage (
+        uploader TEXT PRIMARY KEY NOT NULL,
+        files INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    CREATE TABLE usage_total (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        files INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    INSERT INTO usage (uploader, files, bytes)
+        SELECT uploader, COUNT(*), SUM(size) FROM files
+        WHERE deleted_at IS NULL AND uploader IS NOT NULL GROUP BY uploader;
+    INSERT INTO usage_total (id, files, bytes)
+        SELECT 0, COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE deleted_at IS NULL;
+    CREATE TRIGGER usage_add_on_insert AFTER INSERT ON files WHEN NEW.deleted_at IS NULL
+    BEGIN
+        INSERT INTO usage (uploader, files, bytes)
+            SELECT NEW.uploader, 1, NEW.size WHERE NEW.uploader IS NOT NULL
+            ON CONFLICT (uploader) DO UPDATE
+            SET files = files + 1, bytes = bytes + excluded.bytes;
+        UPDATE usage_total SET files = files + 1, bytes = bytes + NEW.size;
+    END;
+    CREATE TRIGGER usage_add_on_update AFTER UPDATE ON files WHEN NEW.deleted_at IS NULL
+    BEGIN
+        INSERT INTO usage (uploader, files, bytes)
+            SELECT NEW.uploader, 1, NEW.size WHERE NEW.uploader IS NOT NULL
+            ON CONFLICT (uploader) DO UPDATE
+            SET files = files + 1, bytes = bytes + excluded.bytes;
+        UPDATE usage_total SET files = files + 1, bytes = bytes + NEW.size;
+    END;
+    CREATE TRIGGER usage_sub_on_update AFTER UPDATE ON files WHEN OLD.deleted_at IS NULL
+    BEGIN
+        UPDATE usage SET files = files - 1, bytes = bytes - OLD.size
+            WHERE uploader = OLD.uploader;
+        DELETE FROM usage WHERE uploader = OLD.uploader AND files = 0;
+        UPDATE usage_total SET files = files - 1, bytes = bytes - OLD.size;
+    END;
+    CREATE TRIGGER usage_sub_on_delete AFTER DELETE ON files WHEN OLD.deleted_at IS NULL
+    BEGIN
+        UPDATE usage SET files = files - 1, bytes = bytes - OLD.size
+            WHERE uploader = OLD.uploader;
+        DELETE FROM usage WHERE uploader = OLD.uploader AND files = 0;
+        UPDATE usage_total SET files = files - 1, bytes = bytes - OLD.size;
+    END;",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {

@@ -138,7 +138,8 @@ pub(super) fn drop_seq(tx: &Connection, name: &str) -> Result<(), CatalogError> 
 }
 
 /// Check `c` against `limits` (live files plus unexpired claims other than `c.id` itself)
-/// and record it if it fits; lapsed claims are pruned on the way.
+/// and record it if it fits; lapsed claims are pruned on the way. Live files count through
+/// the totals the triggers keep (see `schema`): a claim reads two rows, however many files.
 pub(super) fn claim_space(
     tx: &Connection,
     c: &Claim,
@@ -152,7 +153,7 @@ pub(super) fn claim_space(
     if let Some(total) = limits.total {
         let used: i64 = tx
             .prepare_cached(
-                "SELECT (SELECT COALESCE(SUM(size), 0) FROM files WHERE deleted_at IS NULL) \
+                "SELECT COALESCE((SELECT bytes FROM usage_total), 0) \
                  + (SELECT COALESCE(SUM(bytes), 0) FROM claims WHERE until > ?1 AND id <> ?2)",
             )
             .and_then(|mut s| s.query_row(params![now, c.id], |r| r.get(0)))
@@ -165,8 +166,7 @@ pub(super) fn claim_space(
     if let (Some(cap), Some(uploader)) = (limits.per_uploader, &c.uploader) {
         let used: i64 = tx
             .prepare_cached(
-                "SELECT (SELECT COALESCE(SUM(size), 0) FROM files \
-                         WHERE deleted_at IS NULL AND uploader = ?3) \
+                "SELECT COALESCE((SELECT bytes FROM usage WHERE uploader = ?3), 0) \
                  + (SELECT COALESCE(SUM(bytes), 0) FROM claims \
                     WHERE until > ?1 AND id <> ?2 AND uploader = ?3)",
             )

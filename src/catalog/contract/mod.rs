@@ -1,5 +1,9 @@
 //! The catalog contract suite: every backend must pass [`run`] on an empty catalog.
 
+mod totals;
+
+pub use totals::assert_totals_match_a_scan;
+
 use super::*;
 
 pub fn row(
@@ -35,6 +39,7 @@ pub fn run(c: &dyn Catalog) {
     leases_fence_holders_with_growing_tokens(c);
     sequences_count_from_one_and_restart_after_drop(c);
     claims_hold_space_within_the_limits(c);
+    totals::totals_follow_every_insert_and_delete(c);
 }
 
 fn inserts_are_create_only(c: &dyn Catalog) {

@@ -9,6 +9,8 @@ use crate::catalog::contract;
 use crate::config::CatalogConfig;
 use tokio_postgres::NoTls;
 
+mod totals;
+
 const ENV: &str = "SLUICE_TEST_POSTGRES_URL";
 /// Bound on every wait for the removal feed.
 const FEED_WAIT: Duration = Duration::from_secs(10);
