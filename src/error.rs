@@ -68,6 +68,9 @@ pub enum ApiError {
     Superseded,
     #[error("server is busy; try again later")]
     Busy,
+    /// A feature this deployment cannot offer (501).
+    #[error("{0}")]
+    NotImplemented(&'static str),
     #[error("internal error")]
     Internal(String),
 }
@@ -126,6 +129,7 @@ impl ApiError {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 

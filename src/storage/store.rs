@@ -234,6 +234,12 @@ pub trait Store: Send + Sync + 'static {
     /// Delete the state record `id` (gone already is fine).
     fn delete_record<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
 
+    /// Whether staged objects take writes only in order (each write at the current end):
+    /// object stores. Uploads whose pieces may arrive in any order need the filesystem.
+    fn writes_in_order_only(&self) -> bool {
+        false
+    }
+
     /// Remove what crashed uploads left behind and nobody will claim, untouched for
     /// `older_than` (a store whose start-up reconciliation does this needs nothing here).
     /// Returns how many leftovers went.

@@ -125,6 +125,11 @@ async fn handle_inner(
             ));
         }
         let chunk_size = state.engine.chunk_advice(&client).min(total.max(1));
+        if state.storage.writes_in_order_only() && total > chunk_size {
+            return Err(ApiError::NotImplemented(
+                "chunks in any order need the filesystem backend; upload with tus here",
+            ));
+        }
         let content_type = crate::storage::guess_type(grant.target.file_name());
         let s = store
             .create(NewSession {

@@ -281,3 +281,26 @@ async fn a_shared_catalog_refuses_a_generated_secret() {
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("auth.keys"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_in_any_order_are_refused_with_a_reason_on_s3() {
+    let Some(n) = nodes(1, |c| {
+        c.engine.clients.chunk_min = bytesize::ByteSize::kib(64);
+        c.engine.clients.desktop_chunk = bytesize::ByteSize::kib(64);
+    })
+    .await
+    else {
+        return;
+    };
+    let m = mac::sign_hex(SECRET.as_bytes(), &mac::message_v1("c/big.bin", 200_000));
+    let r = n[0]
+        .client
+        .post(format!("{}/chunked-upload?v={m}", n[0].base()))
+        .header("x-filename", "c/big.bin")
+        .header("x-total-size", "200000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED);
+    assert!(r.text().await.unwrap().contains("tus"));
+}

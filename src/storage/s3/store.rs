@@ -72,6 +72,10 @@ impl S3Storage {
 }
 
 impl Store for S3Storage {
+    fn writes_in_order_only(&self) -> bool {
+        true
+    }
+
     fn sweep_leftovers(&self, older_than: std::time::Duration) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let s = self.sweep_orphans(older_than).await?;

@@ -178,6 +178,13 @@ impl SessionStore {
         let Some(cluster) = &self.shared else {
             return Ok(0);
         };
+        // Every node forgets the expired sessions it looked up (the lease holder below
+        // deletes their state and data), so its map holds only live ones.
+        let now = self.now();
+        if let Ok(mut l) = self.live.lock() {
+            l.retain(|_, s| s.meta().expires_at >= now);
+            self.metrics.open.set(l.len() as i64);
+        }
         let ttl = u64::try_from(cluster.lease_ttl.as_millis()).unwrap_or(u64::MAX);
         let (holder, now_ms) = (cluster.node.clone(), now_ms(self));
         let held = self
@@ -187,7 +194,6 @@ impl SessionStore {
             return Ok(0);
         }
         let records = self.catalog(|c| c.record_list("session:")).await?;
-        let now = self.now();
         let mut removed = 0;
         for (k, r) in records {
             let Some(id) = k.strip_prefix("session:") else {
@@ -199,13 +205,18 @@ impl SessionStore {
             if !expired {
                 continue;
             }
-            let live = self.live.lock().ok().and_then(|l| l.get(id).cloned());
-            match live {
-                Some(s) => self.remove(&s, "expired").await,
-                None => self.delete_files(id).await,
-            }
+            self.delete_files(id).await;
+            self.metrics
+                .events
+                .with_label_values(&[protocol_label(&r.value), "expired"])
+                .inc();
             removed += 1;
         }
         Ok(removed)
     }
+}
+
+/// The protocol label of a session's state (for the expiry metric).
+fn protocol_label(state: &[u8]) -> &'static str {
+    serde_json::from_slice::<SessionMeta>(state).map_or("tus", |m| m.protocol.label())
 }
