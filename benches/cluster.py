@@ -233,7 +233,7 @@ secret = "{secret}"
             tag = f"{s.name.replace(' ', '_')}/r{rnd}"
             lst = f"{work}/put-{tag.replace('/', '-')}.txt"
             with open(lst, "w") as f:
-                for k in range(a.dur * 4000):
+                for k in range(a.dur * 12000):
                     path = f"p4k/{tag}/{k % 64}/{k}.bin"
                     f.write(f"/upload/{path}?v={mac(secret, path, 4096)}\n")
             rps, bad = run_wrk(["-c16", "-s", f"{HERE}/put.lua", f"{s.base}/upload/", "--",
@@ -264,9 +264,9 @@ secret = "{secret}"
             for case, _, fn in cases:
                 for s in setups:
                     measure(case, s, lambda: fn(s, rnd))
-                    print(f"round {rnd + 1} {case} {s.name}: "
-                          f"{results[(case, s.name)][-1][0] / (1 if 'req' in case else 1e6):.1f}",
-                          flush=True)
+                    per_s = results[(case, s.name)][-1][0]
+                    shown = f"{per_s:.0f} req/s" if "KiB" in case else f"{per_s / 1e6:.0f} MB/s"
+                    print(f"round {rnd + 1} {case} {s.name}: {shown}", flush=True)
 
         lines = ["| case | " + " | ".join(s.name for s in setups)
                  + " | S3 / fs (one node) | 3 nodes / 1 node (nginx) |",

@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 MiB = 1 << 20
 RESULTS = {"passed": 0, "failed": 0}
+# Nodes this script started again (the launcher does not know them): stopped at the end.
+RESTARTED = []
 
 
 def check(ok, what):
@@ -234,6 +236,7 @@ def kill_mid_append(c, binary):
     log = open(node["config"].replace(".toml", ".restart.log"), "w")
     p = subprocess.Popen([binary, "--config", node["config"]], stdout=log, stderr=subprocess.STDOUT)
     node["pid"] = p.pid
+    RESTARTED.append(p)
     end = time.time() + 30
     up = False
     while time.time() < end and not up:
@@ -264,6 +267,12 @@ def main():
         except Exception as e:  # a crash of one check is a failure, not the end of the run
             check(False, f"{name}: raised {e!r}")
         print(f"INFO {name} took {time.time() - t0:.1f} s", flush=True)
+    for p in RESTARTED:
+        p.terminate()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
     print("RESULT " + json.dumps(RESULTS))
 
 
