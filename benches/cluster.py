@@ -196,7 +196,10 @@ secret = "{secret}"
             node_pids = [x["pid"] for x in info["nodes"]]
             ng = info["nginx_pid"]
             groups = {"sluice": lambda pids=node_pids: pids, "seaweedfs": weed,
-                      "postgres": postgres, "nginx": lambda ng=ng: [ng]}
+                      "postgres": postgres,
+                      # the master and its live workers (cutime counts only reaped ones)
+                      "nginx": lambda ng=ng: [ng] + [int(x) for x in subprocess.run(
+                          ["pgrep", "-P", str(ng)], capture_output=True, text=True).stdout.split()]}
             if n == 1:
                 setups.append(Setup("s3 x1", f"http://127.0.0.1:{info['nodes'][0]['port']}",
                                     {k: v for k, v in groups.items() if k != "nginx"}))
