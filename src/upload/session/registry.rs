@@ -214,7 +214,7 @@ impl SessionStore {
     }
 
     /// Delete every expired session. Returns how many were removed. With a shared catalog,
-    /// one node at a time sweeps every node's sessions (see [`SessionStore::sweep_shared`]).
+    /// one node at a time sweeps every node's sessions (the lease `sweep:sessions`).
     pub async fn sweep(self: &Arc<Self>) -> usize {
         if self.shared.is_some() {
             return match self.sweep_shared().await {
