@@ -32,6 +32,51 @@ pub struct FsStorage {
     meta_cache: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, FileMeta>>>,
     /// Directories under `files/` and `meta/` whose names are known to be durable.
     durable_dirs: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    /// Open descriptors of recently read published files (see [`OpenFiles`]).
+    open_files: std::sync::Arc<OpenFiles>,
+}
+
+/// Recently opened published files, kept open so a download of a hot file costs no
+/// `openat`/`close` and no hop to the blocking pool. Bounded (cleared wholesale when full); an
+/// entry goes when its file is removed through the store, and a file unlinked behind the
+/// store's back (by hand, by another node on a shared directory) is noticed on the next use:
+/// its descriptor's link count is 0 (one `fstat`, no path lookup).
+#[derive(Default)]
+pub(crate) struct OpenFiles {
+    map: std::sync::Mutex<std::collections::HashMap<String, OpenFile>>,
+}
+
+/// A cached open file: the descriptor and its metadata.
+type OpenFile = (std::sync::Arc<File>, FileMeta);
+
+const OPEN_FILES_MAX: usize = 256;
+
+impl OpenFiles {
+    /// The open file and metadata of `path`, if cached and still linked.
+    pub(crate) fn get(&self, path: &str) -> Option<(std::sync::Arc<File>, FileMeta)> {
+        use std::os::unix::fs::MetadataExt;
+        let hit = self.map.lock().ok()?.get(path).cloned()?;
+        if hit.0.metadata().map_or(true, |md| md.nlink() == 0) {
+            self.forget(path);
+            return None;
+        }
+        Some(hit)
+    }
+
+    fn put(&self, path: &str, file: std::sync::Arc<File>, meta: &FileMeta) {
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() >= OPEN_FILES_MAX {
+                m.clear();
+            }
+            m.insert(path.to_owned(), (file, meta.clone()));
+        }
+    }
+
+    fn forget(&self, path: &str) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(path);
+        }
+    }
 }
 
 const META_CACHE_MAX: usize = 16_384;
@@ -90,13 +135,15 @@ impl FsStorage {
         Self::open_with(root, durability, std::sync::Arc::new(catalog))
     }
 
-    /// [`FsStorage::open`] with a given catalog.
+    /// [`FsStorage::open`] with a given catalog (several nodes may share it, and the
+    /// directory).
     pub fn open_with(
         root: &Path,
         durability: Durability,
         catalog: std::sync::Arc<dyn Catalog>,
     ) -> Result<Self, StorageError> {
         let s = Self {
+            open_files: Default::default(),
             files: root.join("files"),
             meta: root.join("meta"),
             staging: root.join("staging"),
@@ -275,10 +322,12 @@ impl FsStorage {
         if let Ok(mut c) = self.meta_cache.lock() {
             c.remove(p.as_str());
         }
+        self.open_files.forget(p.as_str());
         let row = self.catalog.delete(p.as_str(), reason, at)?;
         if let Ok(mut c) = self.meta_cache.lock() {
             c.remove(p.as_str());
         }
+        self.open_files.forget(p.as_str());
         match fs::remove_file(p.under(&self.files)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -324,7 +373,13 @@ impl FsStorage {
 
     /// Open a published file with its metadata from the catalog. A file without a live row
     /// is not served (it is being published, or was removed): `NotFound`, or `TakenDown`.
-    pub fn open_file(&self, p: &StoredPath) -> Result<(File, FileMeta), StorageError> {
+    pub fn open_file(
+        &self,
+        p: &StoredPath,
+    ) -> Result<(std::sync::Arc<File>, FileMeta), StorageError> {
+        if let Some(hit) = self.open_files.get(p.as_str()) {
+            return Ok(hit);
+        }
         let cached = self
             .meta_cache
             .lock()
@@ -347,7 +402,14 @@ impl FsStorage {
             return Err(StorageError::NotFound);
         }
         self.cache_meta(p, &meta);
+        let file = std::sync::Arc::new(file);
+        self.open_files.put(p.as_str(), file.clone(), &meta);
         Ok((file, meta))
+    }
+
+    /// The cached open file and metadata of `p` (no system call), if any.
+    pub(crate) fn open_cached(&self, p: &StoredPath) -> Option<(std::sync::Arc<File>, FileMeta)> {
+        self.open_files.get(p.as_str())
     }
 
     /// Remember a published file's metadata (bounded: cleared wholesale when full).

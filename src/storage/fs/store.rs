@@ -51,10 +51,51 @@ fn read_into(file: &File, offset: u64, len: usize, mut buf: Buf) -> io::Result<B
     Ok(buf)
 }
 
+/// Read what the page cache already holds of `[offset, offset + len)` into `buf`, on the
+/// calling thread, without waiting for the disk (`preadv2` with `RWF_NOWAIT`). Returns how many
+/// bytes were read (fewer than `len`: the rest is not cached, or the file is shorter).
+fn read_cached(file: &File, offset: u64, len: usize, buf: &mut Buf) -> usize {
+    use std::io::IoSliceMut;
+    if len > buf.capacity() {
+        return 0;
+    }
+    let mut done = 0;
+    while done < len {
+        let dst = &mut buf.spare_mut(len)[done..];
+        match rustix::io::preadv2(
+            file,
+            &mut [IoSliceMut::new(dst)],
+            offset + done as u64,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
+        }
+    }
+    done
+}
+
+/// [`read_into`], from the page cache on the calling thread when it holds the range, else on
+/// the blocking pool for what it does not.
+fn read_range(file: Arc<File>, offset: u64, len: usize, mut buf: Buf) -> IoFuture<'static, Buf> {
+    let done = read_cached(&file, offset, len, &mut buf);
+    if done == len {
+        buf.set_len(len);
+        return Box::pin(std::future::ready(Ok(buf)));
+    }
+    Box::pin(blocking(move || {
+        if len > buf.capacity() {
+            return Err(io::Error::other("read longer than the buffer"));
+        }
+        file.read_exact_at(&mut buf.spare_mut(len)[done..], offset + done as u64)?;
+        buf.set_len(len);
+        Ok(buf)
+    }))
+}
+
 impl RangeRead for FsReader {
     fn read_at(&self, offset: u64, len: usize, buf: Buf) -> IoFuture<'_, Buf> {
-        let file = self.0.clone();
-        Box::pin(blocking(move || read_into(&file, offset, len, buf)))
+        read_range(self.0.clone(), offset, len, buf)
     }
 }
 
@@ -211,7 +252,7 @@ impl FsStorage {
             .and_then(|buf| read_into(&file, 0, usize::try_from(meta.size).ok()?, buf).ok());
         Ok(Opened {
             meta,
-            reader: Arc::new(FsReader(Arc::new(file))),
+            reader: Arc::new(FsReader(file)),
             whole,
         })
     }
@@ -327,6 +368,35 @@ impl Store for FsStorage {
     }
 
     fn open<'a>(&'a self, p: &'a StoredPath, small: Option<SmallRead>) -> StoreFuture<'a, Opened> {
+        // A file read recently is still open: answer on this thread, reading a small file
+        // whole from the page cache if it is there.
+        if let Some((file, meta)) = self.open_cached(p) {
+            let mut whole = None;
+            let mut small = small;
+            if let Some(f) = small.take() {
+                if let (Some(mut buf), Ok(len)) = (f(meta.size), usize::try_from(meta.size)) {
+                    if read_cached(&file, 0, len, &mut buf) == len {
+                        buf.set_len(len);
+                        whole = Some(buf);
+                    } else {
+                        return Box::pin(async move {
+                            let f = file.clone();
+                            let whole = blocking(move || read_into(&f, 0, len, buf)).await.ok();
+                            Ok(Opened {
+                                reader: Arc::new(FsReader(file)),
+                                meta,
+                                whole,
+                            })
+                        });
+                    }
+                }
+            }
+            return Box::pin(std::future::ready(Ok(Opened {
+                meta,
+                reader: Arc::new(FsReader(file)),
+                whole,
+            })));
+        }
         let (s, p) = (self.clone(), p.clone());
         Box::pin(blocking(move || s.open_blocking(&p, small)))
     }
