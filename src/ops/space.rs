@@ -27,7 +27,14 @@ pub struct Space {
     files: AtomicU64,
     /// Admitted and not yet published or released: (total, per uploader).
     reserved: Mutex<(u64, HashMap<String, u64>)>,
+    /// The filesystem's free space and when it was read (`statfs` at most every
+    /// [`FREE_SPACE_FRESH`], so a small upload is admitted without a hop to the blocking pool).
+    free_seen: Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// How long a reading of the free space is used. ENOSPC still answers 507 (nothing
+/// published) if uploads in between fill the disk faster.
+const FREE_SPACE_FRESH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Bytes held for one upload in flight.
 pub struct Reservation {
@@ -83,6 +90,7 @@ impl Space {
             stored: AtomicU64::new(stored),
             files: AtomicU64::new(files),
             reserved: Mutex::new((0, HashMap::new())),
+            free_seen: Mutex::new(None),
         }
     }
 
@@ -117,6 +125,25 @@ impl Space {
         }
     }
 
+    /// The free space, from a recent reading if there is one (else `statfs`: blocking).
+    fn free_now(&self) -> u64 {
+        if let Some(free) = self.free_recent() {
+            return free;
+        }
+        let free = fs4::available_space(&self.root).unwrap_or(u64::MAX);
+        if let Ok(mut f) = self.free_seen.lock() {
+            *f = Some((std::time::Instant::now(), free));
+        }
+        free
+    }
+
+    /// The last reading of the free space, if it is fresh.
+    fn free_recent(&self) -> Option<u64> {
+        let f = self.free_seen.lock().ok()?;
+        f.filter(|(at, _)| at.elapsed() < FREE_SPACE_FRESH)
+            .map(|(_, free)| free)
+    }
+
     /// Bytes an uploader has admitted but not yet published.
     fn in_flight(&self, uploader: &str) -> u64 {
         self.reserved
@@ -139,7 +166,11 @@ impl Space {
         quota: Option<QuotaCheck>,
         shared: bool,
     ) -> Result<Reservation, (Refusal, Option<u64>)> {
-        let free = fs4::available_space(&self.root).unwrap_or(u64::MAX);
+        let free = if self.min_free > 0 {
+            self.free_now()
+        } else {
+            u64::MAX
+        };
         let mut r = self.reserved.lock().map_err(|_| (Refusal::Cap, None))?;
         if let (Some(u), Some(q)) = (uploader, quota) {
             let in_flight = r.1.get(u).copied().unwrap_or(0);
@@ -222,9 +253,14 @@ pub async fn admit(
     let space = state.space.clone();
     let u = uploader.map(str::to_owned);
     let shared = state.cluster.is_some();
-    let r = tokio::task::spawn_blocking(move || space.reserve(bytes, u.as_deref(), quota, shared))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // With a fresh free-space reading the reservation needs no system call: no hop.
+    let r = if space.free_recent().is_some() || space.min_free == 0 {
+        space.reserve(bytes, u.as_deref(), quota, shared)
+    } else {
+        tokio::task::spawn_blocking(move || space.reserve(bytes, u.as_deref(), quota, shared))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    };
     let mut r = r.map_err(|(refusal, retry)| refused(state, refusal, retry))?;
     if shared {
         claim_shared(state, &mut r, quota).await?;

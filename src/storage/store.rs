@@ -175,6 +175,15 @@ pub trait Store: Send + Sync + 'static {
     /// A new, empty staged object, discarded when its handle is dropped uncommitted.
     fn stage(&self) -> StoreFuture<'_, Staged>;
 
+    /// [`Store::check_free`] for `p`, then [`Store::stage`]: what an upload does first, in one
+    /// step where the backend can save a round trip.
+    fn stage_for<'a>(&'a self, p: &'a StoredPath) -> StoreFuture<'a, Staged> {
+        Box::pin(async move {
+            self.check_free(p).await?;
+            self.stage().await
+        })
+    }
+
     /// A new, empty staged object named `id` (create-only: `Exists` if taken) that stays
     /// until committed or deleted: a resumable session's data.
     fn stage_named<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Staged>;

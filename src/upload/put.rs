@@ -133,8 +133,7 @@ async fn prepare(
     }
     let reservation = crate::ops::space::admit(state, uploader.as_deref(), len).await?;
     // Early conflict check (the commit re-checks atomically), then staging.
-    state.storage.check_free(&path).await?;
-    let staged = state.storage.stage().await?;
+    let staged = state.storage.stage_for(&path).await?;
     let content_type = super::stored_content_type(&grant, &parts.headers, path.file_name());
     Ok(Prepared {
         path,

@@ -258,6 +258,34 @@ impl FsStorage {
     }
 }
 
+impl FsStorage {
+    /// A new staged file, after checking that `p` (if given) can take an upload: one hop to
+    /// the blocking pool for both.
+    async fn stage_checked(&self, p: Option<StoredPath>) -> Result<Staged, StorageError> {
+        let s = self.clone();
+        let obj = blocking(move || {
+            if let Some(p) = &p {
+                s.check_free(p)?;
+            }
+            let mut staged = s.stage()?;
+            let file = staged
+                .take_file()
+                .ok_or_else(|| StorageError::Io(io::Error::other("staged file missing")))?;
+            let path = staged.staged_path().to_owned();
+            // The object owns the name from here on.
+            staged.committed = true;
+            let id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            Ok::<_, StorageError>(s.object(id, path, file))
+        })
+        .await?;
+        Ok(Staged::new(obj, true))
+    }
+}
+
 fn remove_if_there(path: &Path) -> Result<(), StorageError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -277,26 +305,11 @@ impl Store for FsStorage {
     }
 
     fn stage(&self) -> StoreFuture<'_, Staged> {
-        let s = self.clone();
-        Box::pin(async move {
-            let obj = blocking(move || {
-                let mut staged = s.stage()?;
-                let file = staged
-                    .take_file()
-                    .ok_or_else(|| StorageError::Io(io::Error::other("staged file missing")))?;
-                let path = staged.staged_path().to_owned();
-                // The object owns the name from here on.
-                staged.committed = true;
-                let id = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok::<_, StorageError>(s.object(id, path, file))
-            })
-            .await?;
-            Ok(Staged::new(obj, true))
-        })
+        Box::pin(self.stage_checked(None))
+    }
+
+    fn stage_for<'a>(&'a self, p: &'a StoredPath) -> StoreFuture<'a, Staged> {
+        Box::pin(self.stage_checked(Some(p.clone())))
     }
 
     fn stage_named<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Staged> {
