@@ -39,11 +39,11 @@ impl IoBuf for VecBuf {
     }
 }
 
-fn sp(s: &str) -> StoredPath {
+pub fn sp(s: &str) -> StoredPath {
     StoredPath::parse(s, &PathRules::default()).unwrap()
 }
 
-fn meta(size: u64) -> FileMeta {
+pub fn meta(size: u64) -> FileMeta {
     FileMeta {
         size,
         sha256: "00".into(),

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use super::sweep::Swept;
 use super::*;
 use crate::catalog::sqlite::SqliteCatalog;
-use crate::storage::contract::{self, VecBuf};
-use crate::storage::{FileMeta, PathRules, RangeRead, Staged, Store, StoredPath};
+use crate::storage::contract::{self, meta, sp, VecBuf};
+use crate::storage::{RangeRead, Staged, Store};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -53,19 +53,10 @@ async fn bounded<F: Future<Output = ()>>(f: F) {
         .expect("test timed out");
 }
 
-fn sp(s: &str) -> StoredPath {
-    StoredPath::parse(s, &PathRules::default()).unwrap()
-}
-
-fn meta(size: u64) -> FileMeta {
-    FileMeta {
-        size,
-        sha256: "00".into(),
-        content_type: "application/octet-stream".into(),
-        uploaded_at: 1,
-        uploader: None,
-        expires_at: None,
-    }
+/// Two nodes ("a", "b") on one catalog (SQLite under `dir`) and one bucket.
+async fn two_nodes(cfg: &S3Config, dir: &Path) -> (S3Storage, S3Storage) {
+    let c = catalog(dir);
+    (node(cfg, &c, dir, "a").await, node(cfg, &c, dir, "b").await)
 }
 
 /// Deterministic bytes that differ at every offset that matters (xorshift).
@@ -191,11 +182,7 @@ async fn a_cut_inside_a_part_keeps_its_head() {
     let Some(cfg) = config(5 * MIB) else { return };
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let c = catalog(dir.path());
-        let (a, b) = (
-            node(&cfg, &c, dir.path(), "a").await,
-            node(&cfg, &c, dir.path(), "b").await,
-        );
+        let (a, b) = two_nodes(&cfg, dir.path()).await;
         let id = "sessCUTSCUTSCUTSCUTS";
         let data = pattern(12 * MIB as usize, 11);
         let staged = a.stage_named(id).await.unwrap();
@@ -234,11 +221,7 @@ async fn a_named_object_is_finished_on_another_node() {
     let Some(cfg) = config(5 * MIB) else { return };
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let c = catalog(dir.path());
-        let (a, b) = (
-            node(&cfg, &c, dir.path(), "a").await,
-            node(&cfg, &c, dir.path(), "b").await,
-        );
+        let (a, b) = two_nodes(&cfg, dir.path()).await;
         let id = "sessMOVESMOVESMOVES";
         let data = pattern(13 * MIB as usize + 777, 3);
         let first = 7 * MIB as usize + 5;
@@ -281,11 +264,7 @@ async fn two_nodes_racing_to_one_path_make_one_file() {
     let Some(cfg) = config(5 * MIB) else { return };
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let c = catalog(dir.path());
-        let (a, b) = (
-            node(&cfg, &c, dir.path(), "a").await,
-            node(&cfg, &c, dir.path(), "b").await,
-        );
+        let (a, b) = two_nodes(&cfg, dir.path()).await;
         for round in 0..3 {
             let path = sp(&format!("race/{round}.bin"));
             // Round 1 races multipart commits (two parts and a tail each).
@@ -329,11 +308,7 @@ async fn a_writer_taken_over_is_superseded() {
     let Some(cfg) = config(5 * MIB) else { return };
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let c = catalog(dir.path());
-        let (a, b) = (
-            node(&cfg, &c, dir.path(), "a").await,
-            node(&cfg, &c, dir.path(), "b").await,
-        );
+        let (a, b) = two_nodes(&cfg, dir.path()).await;
         let id = "sessSTALESTALESTALE";
         let staged = a.stage_named(id).await.unwrap();
         staged
