@@ -43,25 +43,23 @@ impl Cluster {
         })
     }
 
-    fn ttl_ms(&self) -> u64 {
+    /// The lease time in milliseconds.
+    pub fn ttl_ms(&self) -> u64 {
         u64::try_from(self.lease_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Take or renew the chore lease `name` for this node: whether this node holds it now.
     /// A failing catalog counts as not held (the chore waits for the next round).
     pub async fn hold(&self, storage: &Arc<dyn Store>, name: &'static str, now_ms: u64) -> bool {
-        let (st, node, ttl) = (storage.clone(), self.node.clone(), self.ttl_ms());
-        let got = tokio::task::spawn_blocking(move || {
-            st.catalog().lease(name, &node, now_ms, ttl, false)
-        })
-        .await;
-        match got {
-            Ok(Ok(held)) => held.is_some(),
-            Ok(Err(e)) => {
+        let (node, ttl) = (self.node.clone(), self.ttl_ms());
+        match crate::storage::on_catalog(storage, move |c| c.lease(name, &node, now_ms, ttl, false))
+            .await
+        {
+            Ok(held) => held.is_some(),
+            Err(e) => {
                 tracing::warn!(lease = name, error = %e, "taking a chore lease");
                 false
             }
-            Err(_) => false,
         }
     }
 }

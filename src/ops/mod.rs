@@ -67,11 +67,8 @@ pub async fn sweep(state: &Arc<AppState>) -> Result<SweepReport, ApiError> {
     let batch = state.config().retention.sweep_batch;
     loop {
         let now = state.clock.now_secs();
-        let storage = state.storage.clone();
-        let rows = tokio::task::spawn_blocking(move || storage.catalog().expired(now, batch))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(crate::storage::StorageError::from)?;
+        let rows =
+            crate::storage::on_catalog(&state.storage, move |c| c.expired(now, batch)).await?;
         let n = rows.len();
         for r in rows {
             if remove_file(state, &r.path, DeleteReason::Expired)

@@ -12,7 +12,7 @@ use crate::catalog::{Claim, ClaimLimits, ClaimOutcome, DeleteReason};
 use crate::config::{Config, QuotaAction};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::storage::Store;
+use crate::storage::{on_catalog, Store};
 
 /// Rolling window of the daily quota.
 const DAY: u64 = 24 * 3600;
@@ -296,11 +296,8 @@ async fn claim_shared(
         total: (total > 0).then_some(total),
         per_uploader: (per_uploader > 0).then_some(per_uploader),
     };
-    let (storage, now, c) = (state.storage.clone(), state.clock.now_secs(), claim.clone());
-    let outcome = tokio::task::spawn_blocking(move || storage.catalog().claim(&c, limits, now))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(crate::storage::StorageError::from)?;
+    let (now, c) = (state.clock.now_secs(), claim.clone());
+    let outcome = on_catalog(&state.storage, move |cat| cat.claim(&c, limits, now)).await?;
     match outcome {
         ClaimOutcome::Granted => {
             r.claim = Some((state.storage.clone(), claim.id));
@@ -339,16 +336,13 @@ async fn quota_figures(
     }
     loop {
         let now = state.clock.now_secs();
-        let storage = state.storage.clone();
         let u = uploader.to_owned();
-        let usage = tokio::task::spawn_blocking(move || {
-            // The window holds uploads of the last 24 hours: one made exactly a day ago has
-            // just left it.
-            storage.catalog().usage(&u, now.saturating_sub(DAY) + 1)
+        // The window holds uploads of the last 24 hours: one made exactly a day ago has just
+        // left it.
+        let usage = on_catalog(&state.storage, move |c| {
+            c.usage(&u, now.saturating_sub(DAY) + 1)
         })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(crate::storage::StorageError::from)?;
+        .await?;
         let figures = QuotaCheck {
             uploaded: usage.uploaded_since,
             stored: usage.stored_bytes,
@@ -370,12 +364,8 @@ async fn quota_figures(
         }
         // Evict this uploader's oldest stored file and look again. The upload being admitted
         // is not stored yet, so it can never be the one evicted.
-        let storage = state.storage.clone();
         let u = uploader.to_owned();
-        let oldest = tokio::task::spawn_blocking(move || storage.catalog().oldest_of(&u, 1))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(crate::storage::StorageError::from)?;
+        let oldest = on_catalog(&state.storage, move |c| c.oldest_of(&u, 1)).await?;
         let Some(victim) = oldest.into_iter().next() else {
             return Ok(Some(figures));
         };

@@ -103,6 +103,19 @@ impl From<io::Error> for StorageError {
     }
 }
 
+/// Run `f` on the catalog of `storage`, on the blocking pool (catalog calls block).
+pub async fn on_catalog<T, F>(storage: &std::sync::Arc<dyn Store>, f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn crate::catalog::Catalog) -> Result<T, CatalogError> + Send + 'static,
+{
+    let st = storage.clone();
+    tokio::task::spawn_blocking(move || f(st.catalog()))
+        .await
+        .map_err(|e| StorageError::Io(io::Error::other(e)))?
+        .map_err(StorageError::from)
+}
+
 /// The embedded catalog (`catalog.sqlite3` under `dir`, which is created), for a store that
 /// keeps no catalog of its own on the filesystem (S3 on one node).
 pub fn open_sqlite_catalog(

@@ -57,11 +57,7 @@ impl SessionStore {
         T: Send + 'static,
         F: FnOnce(&dyn crate::catalog::Catalog) -> Result<T, CatalogError> + Send + 'static,
     {
-        let st = self.storage.clone();
-        tokio::task::spawn_blocking(move || f(st.catalog()))
-            .await
-            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
-            .map_err(StorageError::from)
+        crate::storage::on_catalog(&self.storage, f).await
     }
 
     /// The shared state of session `id` and its version.
@@ -132,7 +128,7 @@ impl SessionStore {
     ) -> Result<LeaseHold, SessionError> {
         let name = format!("upload:{}", s.id);
         let holder = format!("{}/{}", cluster.node, super::new_id()?);
-        let ttl = u64::try_from(cluster.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl = cluster.ttl_ms();
         let started = std::time::Instant::now();
         let token = loop {
             let steal = take_over || started.elapsed() >= cluster.lease_ttl;
@@ -185,12 +181,10 @@ impl SessionStore {
             l.retain(|_, s| s.meta().expires_at >= now);
             self.metrics.open.set(l.len() as i64);
         }
-        let ttl = u64::try_from(cluster.lease_ttl.as_millis()).unwrap_or(u64::MAX);
-        let (holder, now_ms) = (cluster.node.clone(), now_ms(self));
-        let held = self
-            .catalog(move |c| c.lease("sweep:sessions", &holder, now_ms, ttl, false))
-            .await?;
-        if held.is_none() {
+        if !cluster
+            .hold(&self.storage, "sweep:sessions", now_ms(self))
+            .await
+        {
             return Ok(0);
         }
         let records = self.catalog(|c| c.record_list("session:")).await?;
