@@ -2,7 +2,7 @@
 
 mod totals;
 
-pub use totals::assert_totals_match_a_scan;
+pub use totals::{assert_totals_match_a_scan, stats_of, ROWS_BEFORE_TOTALS};
 
 use super::*;
 

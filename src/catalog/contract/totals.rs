@@ -5,6 +5,34 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+/// Rows as a binary from before the totals left them (plain SQL that SQLite and PostgreSQL
+/// both take): live with and without an uploader, an empty file, a deleted one and a
+/// takedown. [`stats_of`] `(4, 15, [("u@x", 2, 8), ("v@x", 1, 0)])` is what they hold.
+pub const ROWS_BEFORE_TOTALS: &str = "INSERT INTO files (path, size, sha256, content_type, \
+     uploader, created_at, expires_at, deleted_at, delete_reason) VALUES \
+     ('old/1', 5, '', '', 'u@x', 1, NULL, NULL, NULL), \
+     ('old/2', 3, '', '', 'u@x', 2, 10, NULL, NULL), \
+     ('old/3', 7, '', '', NULL, 3, NULL, NULL, NULL), \
+     ('old/4', 0, '', '', 'v@x', 4, NULL, NULL, NULL), \
+     ('old/5', 100, '', '', 'u@x', 5, 6, 6, 'expired'), \
+     ('old/6', 0, '', '', NULL, 7, NULL, 7, 'admin')";
+
+/// The [`Stats`] of `files` live files of `bytes`, with these (uploader, files, bytes).
+pub fn stats_of(files: u64, bytes: u64, uploaders: &[(&str, u64, u64)]) -> Stats {
+    Stats {
+        files,
+        bytes,
+        top_uploaders: uploaders
+            .iter()
+            .map(|&(u, files, bytes)| UploaderStats {
+                uploader: u.into(),
+                files,
+                bytes,
+            })
+            .collect(),
+    }
+}
+
 /// Live files and bytes from `list`, in total and per uploader.
 #[derive(Debug, Default)]
 struct Scan {

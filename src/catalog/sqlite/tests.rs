@@ -96,38 +96,22 @@ fn migrating_fills_the_totals_from_the_rows_already_there() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("catalog.sqlite3");
     {
-        // A catalog as the binary before the totals left it (schema version 2), with rows
-        // live with and without an uploader, an empty file, a deleted one and a takedown.
+        // A catalog as the binary before the totals left it (schema version 2), with rows.
         let conn = Connection::open(&p).unwrap();
         for m in &schema::MIGRATIONS[..2] {
             conn.execute_batch(m).unwrap();
         }
-        conn.execute_batch(
-            "PRAGMA user_version = 2;
-             INSERT INTO files (path, size, sha256, content_type, uploader, created_at, \
-             expires_at, deleted_at, delete_reason) VALUES \
-             ('old/1', 5, '', '', 'u@x', 1, NULL, NULL, NULL), \
-             ('old/2', 3, '', '', 'u@x', 2, 10, NULL, NULL), \
-             ('old/3', 7, '', '', NULL, 3, NULL, NULL, NULL), \
-             ('old/4', 0, '', '', 'v@x', 4, NULL, NULL, NULL), \
-             ('old/5', 100, '', '', 'u@x', 5, 6, 6, 'expired'), \
-             ('old/6', 0, '', '', NULL, 7, NULL, 7, 'admin');",
-        )
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = 2; {};",
+            super::super::contract::ROWS_BEFORE_TOTALS
+        ))
         .unwrap();
     }
     let c = SqliteCatalog::open(&p, false).unwrap();
-    let uploader = |u: &str, files, bytes| crate::catalog::UploaderStats {
-        uploader: u.into(),
-        files,
-        bytes,
-    };
+    let stats_of = super::super::contract::stats_of;
     assert_eq!(
         c.stats(10).unwrap(),
-        Stats {
-            files: 4,
-            bytes: 15,
-            top_uploaders: vec![uploader("u@x", 2, 8), uploader("v@x", 1, 0)],
-        }
+        stats_of(4, 15, &[("u@x", 2, 8), ("v@x", 1, 0)])
     );
     super::super::contract::assert_totals_match_a_scan(&c, "after the migration");
     // They go on from there, and hold across a restart.
@@ -146,15 +130,7 @@ fn migrating_fills_the_totals_from_the_rows_already_there() {
     let c = SqliteCatalog::open(&p, false).unwrap();
     assert_eq!(
         c.stats(10).unwrap(),
-        Stats {
-            files: 4,
-            bytes: 21,
-            top_uploaders: vec![
-                uploader("w@x", 1, 11),
-                uploader("u@x", 1, 3),
-                uploader("v@x", 1, 0)
-            ],
-        }
+        stats_of(4, 21, &[("w@x", 1, 11), ("u@x", 1, 3), ("v@x", 1, 0)])
     );
     super::super::contract::assert_totals_match_a_scan(&c, "after a restart");
 }

@@ -3,18 +3,6 @@
 
 use super::*;
 use crate::catalog::postgres::connect::MIGRATIONS;
-use crate::catalog::{Stats, UploaderStats};
-
-/// Rows as a node would have left them: live with and without an uploader, an empty file,
-/// a deleted one and a takedown.
-const ROWS: &str = "INSERT INTO files (path, size, sha256, content_type, uploader, created_at, \
-     expires_at, deleted_at, delete_reason) VALUES \
-     ('old/1', 5, '', '', 'u@x', 1, NULL, NULL, NULL), \
-     ('old/2', 3, '', '', 'u@x', 2, 10, NULL, NULL), \
-     ('old/3', 7, '', '', NULL, 3, NULL, NULL, NULL), \
-     ('old/4', 0, '', '', 'v@x', 4, NULL, NULL, NULL), \
-     ('old/5', 100, '', '', 'u@x', 5, 6, 6, 'expired'), \
-     ('old/6', 0, '', '', NULL, 7, NULL, 7, 'admin')";
 
 #[test]
 fn migrating_fills_the_totals_and_writes_from_outside_keep_them() {
@@ -27,23 +15,15 @@ fn migrating_fills_the_totals_and_writes_from_outside_keep_them() {
         &format!(
             "CREATE TABLE sluice_schema (version INTEGER PRIMARY KEY, \
              applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); {} ; \
-             INSERT INTO sluice_schema (version) VALUES (1); {ROWS}",
-            MIGRATIONS[0]
+             INSERT INTO sluice_schema (version) VALUES (1); {}",
+            MIGRATIONS[0],
+            contract::ROWS_BEFORE_TOTALS
         ),
     );
     let c = t.node();
-    let uploader = |u: &str, files, bytes| UploaderStats {
-        uploader: u.into(),
-        files,
-        bytes,
-    };
     assert_eq!(
         c.stats(10).unwrap(),
-        Stats {
-            files: 4,
-            bytes: 15,
-            top_uploaders: vec![uploader("u@x", 2, 8), uploader("v@x", 1, 0)],
-        }
+        contract::stats_of(4, 15, &[("u@x", 2, 8), ("v@x", 1, 0)])
     );
     contract::assert_totals_match_a_scan(&c, "after the migration");
     // Writes the catalog does not make itself (a node on the older binary during an
@@ -58,15 +38,7 @@ fn migrating_fills_the_totals_and_writes_from_outside_keep_them() {
     );
     assert_eq!(
         c.stats(10).unwrap(),
-        Stats {
-            files: 3,
-            bytes: 14,
-            top_uploaders: vec![
-                uploader("w@x", 1, 11),
-                uploader("u@x", 1, 3),
-                uploader("v@x", 1, 0)
-            ],
-        }
+        contract::stats_of(3, 14, &[("w@x", 1, 11), ("u@x", 1, 3), ("v@x", 1, 0)])
     );
     contract::assert_totals_match_a_scan(&c, "after writes from outside");
 }
