@@ -131,6 +131,10 @@ pub struct ServerConfig {
     /// (a client that reads a few bytes now and then cannot hold a connection and its buffers).
     /// 0 = only the `send_timeout` for a client that reads nothing.
     pub min_send_rate: ByteSize,
+    /// Unsent bytes the kernel may queue per TCP connection (`TCP_NOTSENT_LOWAT`); more and
+    /// writes wait. Keeps a slow reader's backlog in the kernel short, so downloads see the
+    /// client's real pace (buffer sizes and read-ahead follow it). 0 = the kernel's default.
+    pub send_lowat: ByteSize,
     /// Threads for blocking file I/O (tokio's blocking pool).
     pub blocking_threads: usize,
     /// A refused upload whose declared body is at most this large is read and discarded, so
@@ -183,6 +187,7 @@ impl Default for ServerConfig {
                 ),
             ],
             min_send_rate: ByteSize::kib(1),
+            send_lowat: ByteSize::kib(128),
             blocking_threads: 64,
             drain_limit: ByteSize::mib(64),
             trust_forwarded_for: false,
@@ -531,9 +536,9 @@ impl Default for ClientsConfig {
                 "tusd",
                 "node",
             ]),
-            mobile_start_buffer: ByteSize::kib(64),
-            desktop_start_buffer: ByteSize::kib(256),
-            server_start_buffer: ByteSize::mib(1),
+            mobile_start_buffer: ByteSize::kib(16),
+            desktop_start_buffer: ByteSize::kib(16),
+            server_start_buffer: ByteSize::kib(16),
             mobile_chunk: ByteSize::mib(4),
             desktop_chunk: ByteSize::mib(16),
             server_chunk: ByteSize::mib(64),

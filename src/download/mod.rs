@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::context::RequestContext;
-use crate::engine::Segment;
+use crate::engine::{Segment, SendMeter};
 use crate::error::ApiError;
 use crate::metrics::GaugeGuard;
 use crate::response::{empty, set_header, text, ResBody};
@@ -323,7 +323,11 @@ pub async fn handle(
             None => segments,
         };
         let guard = GaugeGuard::new(&state.metrics.downloads_in_flight);
-        let body = state.engine.send(file, segments, Some(guard), &ctx.client);
+        // The connection's send meter (set by the server on every request it accepts).
+        let meter = req.extensions().get::<Arc<SendMeter>>().cloned();
+        let body = state
+            .engine
+            .send(file, segments, Some(guard), &ctx.client, meter);
         *res.body_mut() = body.boxed_unsync();
     }
     Ok(res)

@@ -8,10 +8,11 @@
 //!    the strategy prior (mobile / desktop / server), never above what the transfer's known
 //!    length needs.
 //! 2. After every buffer, update a throughput EWMA from how fast that buffer filled (upload) or
-//!    drained (download). The desired buffer holds `target_buffer_time` of transfer at that
-//!    rate; the tier moves one step per decision towards it (hysteresis).
-//! 3. A stall (one wait on the client longer than `stall_threshold`) steps one tier down: a
-//!    client that stops and starts should not pin large buffers. Waiting on the disk more than
+//!    drained (download: the client's pace, see [`super::meter`]). The desired buffer holds
+//!    `target_buffer_time` of transfer at that rate; the tier climbs one step per decision
+//!    towards it and drops to it at once (a buffer larger than the pace only holds memory).
+//! 3. A stall (one wait on the client longer than `stall_threshold`) steps at least one tier
+//!    down: a client that stops and starts should not pin large buffers. Waiting on the disk more than
 //!    on the client steps one tier up: larger reads/writes amortise the system calls.
 //! 4. In `fixed` mode every buffer uses the configured tier.
 
@@ -161,7 +162,11 @@ impl Policy {
             return t;
         }
         let wanted = match history {
-            Some(rate) => self.tier_at_least(rate * self.target_buffer_time.as_secs_f64()),
+            // History says how fast the client was, not how fast it is now (another network,
+            // another direction): it starts at most at 64 KiB, and the live figures climb.
+            Some(rate) => self
+                .tier_at_least(rate * self.target_buffer_time.as_secs_f64())
+                .min(self.tier_at_most(HISTORY_START_MAX)),
             None => self.tier_at_most(self.start_buffer[Self::strategy_index(strategy)]),
         };
         match len {
@@ -205,6 +210,9 @@ pub struct TransferState {
 
 const EWMA_ALPHA: f64 = 0.3;
 
+/// The largest first buffer a client's history can ask for.
+const HISTORY_START_MAX: usize = 64 * 1024;
+
 impl TransferState {
     pub fn new(tier: usize) -> Self {
         Self {
@@ -216,6 +224,12 @@ impl TransferState {
             stalls: 0,
             buffers: 0,
         }
+    }
+
+    /// Count one buffer's bytes without a decision.
+    pub fn count(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+        self.buffers += 1;
     }
 
     /// Record one buffer: `bytes` moved, `active` the time it took to fill (upload) or drain
@@ -249,18 +263,17 @@ impl TransferState {
         }
         let old = self.tier;
         let last = p.tiers.len().saturating_sub(1);
+        let want = p.tier_at_least(self.rate.unwrap_or(0.0) * p.target_buffer_time.as_secs_f64());
         if stalled {
-            self.tier = self.tier.saturating_sub(1);
+            self.tier = self.tier.saturating_sub(1).min(want);
         } else if disk_wait > client_wait && disk_wait > Duration::from_micros(200) {
             self.tier = (self.tier + 1).min(last);
+        } else if want > self.tier {
+            self.tier += 1;
         } else {
-            let want =
-                p.tier_at_least(self.rate.unwrap_or(0.0) * p.target_buffer_time.as_secs_f64());
-            if want > self.tier {
-                self.tier += 1;
-            } else if want < self.tier {
-                self.tier -= 1;
-            }
+            // Down at once: a buffer larger than the client's pace only holds memory while
+            // it fills or drains.
+            self.tier = want;
         }
         match self.tier.cmp(&old) {
             std::cmp::Ordering::Greater => Change::Up,
@@ -401,6 +414,9 @@ mod tests {
         assert_eq!(p.start_tier(Strategy::Server, None, Some(4096)), 0);
         // History: 1 MB/s × 20 ms = 20 KB → 64 KiB tier, whatever the prior.
         assert_eq!(p.start_tier(Strategy::Server, Some(1e6), None), 1);
+        assert_eq!(p.start_tier(Strategy::Mobile, Some(1e3), None), 0);
+        // ...but a fast history starts at 64 KiB at most: the live figures climb from there.
+        assert_eq!(p.start_tier(Strategy::Mobile, Some(1e9), None), 1);
         let fixed = Policy {
             fixed: Some(2),
             ..policy()
@@ -445,6 +461,30 @@ mod tests {
         }
         assert_eq!(t.tier, 0);
         assert_eq!(t.quality(&p), Some(Quality::Poor));
+    }
+
+    #[test]
+    fn a_wrong_large_start_is_dropped_after_one_buffer() {
+        let p = policy();
+        let mut t = TransferState::new(3);
+        // 1 MiB in 3 s ≈ 350 KB/s → 7 KB per 20 ms: straight to the smallest tier.
+        let c = t.observe(
+            &p,
+            1024 * K,
+            Duration::from_secs(3),
+            Duration::from_millis(100),
+            Duration::ZERO,
+        );
+        assert_eq!((c, t.tier), (Change::Down, 0));
+        // Climbing back is one step per buffer.
+        let c = t.observe(
+            &p,
+            16 * K,
+            Duration::from_micros(20),
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        assert_eq!((c, t.tier), (Change::Up, 1));
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! up to `read_ahead` reads in flight ahead of the socket. Each frame hands its lease to hyper
 //! through `Bytes::from_owner`, so the buffer returns to the pool once hyper has written it, or
 //! when the client disconnects and the body is dropped.
+//!
+//! With the connection's [`SendMeter`], a body whose socket backed up since its previous frame
+//! (the client drains slower than we read) measures the client's drain rate from the bytes the
+//! kernel took, sizes the next buffer from it, and reads nothing ahead: the next read starts
+//! when hyper asks for the next frame, so a slow reader holds one buffer.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -16,6 +21,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
+use super::meter::{SendMeter, SendReading};
 use super::pool::BufferPool;
 use super::transfer::Transfer;
 use crate::storage::{buf_bytes, Buf, RangeRead};
@@ -46,6 +52,24 @@ enum Pending {
     Read(JoinHandle<io::Result<Buf>>),
 }
 
+/// With a send meter, the pace is measured over windows of at least this long or this many
+/// bytes taken by the kernel: frame by frame, a socket with room accepts a frame in
+/// microseconds, which says nothing about the client.
+const PACE_WINDOW: Duration = Duration::from_millis(100);
+const PACE_WINDOW_BYTES: u64 = 256 * 1024;
+
+/// The connection's send meter, as one body reads it.
+struct Paced {
+    meter: Arc<SendMeter>,
+    /// The reading at the previous frame.
+    last: SendReading,
+    /// The current window's start, the bytes sent by then, and the longest wait on the client
+    /// within it.
+    window: (Instant, u64, Duration),
+    /// The socket has backed up since this body started.
+    backed_up_once: bool,
+}
+
 /// Streams segments; see the module docs.
 pub struct FileBody {
     pool: BufferPool,
@@ -60,6 +84,11 @@ pub struct FileBody {
     last_yield: Option<Instant>,
     /// When we started waiting on the front read.
     disk_wait_since: Option<Instant>,
+    /// The connection's send meter, as this body reads it.
+    meter: Option<Paced>,
+    /// The client sets the pace (its socket backed up since the previous frame, or earlier
+    /// and its pace is below the largest buffers): no read-ahead.
+    backed_up: bool,
     _guard: Option<crate::metrics::GaugeGuard>,
 }
 
@@ -69,9 +98,9 @@ impl FileBody {
         transfer: Transfer,
         file: Option<Arc<dyn RangeRead>>,
         segments: Vec<Segment>,
-        read_ahead: usize,
-        lease_timeout: Duration,
+        (read_ahead, lease_timeout): (usize, Duration),
         guard: Option<crate::metrics::GaugeGuard>,
+        meter: Option<Arc<SendMeter>>,
     ) -> Self {
         let remaining = segments.iter().map(Segment::len).sum();
         Self {
@@ -85,14 +114,25 @@ impl FileBody {
             remaining,
             last_yield: None,
             disk_wait_since: None,
+            meter: meter.map(|meter| {
+                let last = meter.read();
+                Paced {
+                    window: (Instant::now(), last.sent, Duration::ZERO),
+                    last,
+                    meter,
+                    backed_up_once: false,
+                }
+            }),
+            backed_up: false,
             _guard: guard,
         }
     }
 
     /// Queue work until `read_ahead` reads are in flight or the segments run out.
     fn fill_pipeline(&mut self) -> io::Result<()> {
-        // Under memory pressure, no read-ahead: one buffer per transfer in our hands.
-        let depth = if self.pool.under_pressure() {
+        // Under memory pressure, or behind a client slower than us, no read-ahead: one buffer
+        // per transfer in our hands.
+        let depth = if self.backed_up || self.pool.under_pressure() {
             1
         } else {
             self.read_ahead
@@ -162,8 +202,41 @@ impl FileBody {
             }
             None => (disk_wait.max(Duration::from_micros(1)), Duration::ZERO),
         };
-        self.transfer.observe(bytes, active, client_wait, disk_wait);
         self.last_yield = Some(now);
+        let Some(paced) = self.meter.as_mut() else {
+            self.transfer.observe(bytes, active, client_wait, disk_wait);
+            return;
+        };
+        let reading = paced.meter.read();
+        let (backed_up, _) = reading.since(&paced.last);
+        paced.last = reading;
+        // Reading ahead hides the disk from a client faster than it; a client that has
+        // backed up its socket and takes less than the largest buffers is not one.
+        let top = self.pool.tier_count().saturating_sub(1);
+        self.backed_up = backed_up || (paced.backed_up_once && self.transfer.tier() < top);
+        if backed_up && !paced.backed_up_once {
+            // The socket backed up for the first time: what was measured so far is the
+            // kernel's queue filling, not the client. Measure the client from here.
+            paced.backed_up_once = true;
+            paced.window = (now, reading.sent, Duration::ZERO);
+            self.transfer.restart_rate();
+            self.transfer.count(bytes, client_wait, disk_wait);
+            return;
+        }
+        let (since, sent, longest) = &mut paced.window;
+        *longest = (*longest).max(client_wait);
+        let elapsed = now.saturating_duration_since(*since);
+        let drained = reading.sent.saturating_sub(*sent);
+        if elapsed < PACE_WINDOW && drained < PACE_WINDOW_BYTES {
+            self.transfer.count(bytes, client_wait, disk_wait);
+            return;
+        }
+        // The kernel took `drained` bytes in the window: the client's pace, expressed as the
+        // time this buffer needs at that pace.
+        let active = elapsed.mul_f64(bytes as f64 / drained.max(1) as f64);
+        let longest = *longest;
+        paced.window = (now, reading.sent, Duration::ZERO);
+        self.transfer.observe(bytes, active, longest, disk_wait);
     }
 }
 
@@ -212,9 +285,12 @@ impl Body for FileBody {
                 let n = buf.filled().len();
                 this.remaining = this.remaining.saturating_sub(n as u64);
                 this.yielded(n, disk_wait);
-                // Start the next read before handing this buffer out.
-                if let Err(e) = this.fill_pipeline() {
-                    return Poll::Ready(Some(Err(e)));
+                // Start the next read before handing this buffer out, unless the client is
+                // the bottleneck (then the read starts when hyper asks for the next frame).
+                if !this.backed_up {
+                    if let Err(e) = this.fill_pipeline() {
+                        return Poll::Ready(Some(Err(e)));
+                    }
                 }
                 Poll::Ready(Some(Ok(Frame::data(buf_bytes(buf)))))
             }

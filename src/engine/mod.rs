@@ -11,6 +11,7 @@
 
 pub mod adaptive;
 pub mod body;
+pub mod meter;
 pub mod metrics;
 mod pipe;
 pub mod pool;
@@ -31,6 +32,7 @@ use crate::config::{EngineConfig, EngineMode};
 use crate::storage::{buf_bytes, Buf, RangeRead, SmallRead, Staged};
 use adaptive::{History, Policy, Strategy};
 pub use body::{FileBody, Segment};
+pub use meter::SendMeter;
 pub use metrics::EngineMetrics;
 use pipe::WritePipe;
 use pool::{BufferPool, Lease, PoolMetrics};
@@ -68,6 +70,9 @@ impl EngineError {
         }
     }
 }
+
+/// Responses up to this size are read in one buffer, whatever the client's prior.
+const ONE_READ_MAX: u64 = 64 * 1024;
 
 /// Who is on the other end of a transfer (the sizing prior).
 #[derive(Debug, Clone, Copy)]
@@ -537,28 +542,35 @@ impl Engine {
     /// A response body that streams `segments`, reading file parts through `file` (ranged
     /// reads into leased buffers), `read_ahead` reads ahead of the socket. `guard` lives as long
     /// as the body (e.g. an in-flight gauge), so a client that goes away mid-download still
-    /// releases it.
+    /// releases it. `meter` is the connection's send meter (HTTP/1): with it, a client slower
+    /// than the disk gets buffers sized to its drain rate and no read-ahead.
     pub fn send(
         &self,
         file: Option<Arc<dyn RangeRead>>,
         segments: Vec<Segment>,
         guard: Option<crate::metrics::GaugeGuard>,
         client: &Client,
+        meter: Option<Arc<SendMeter>>,
     ) -> FileBody {
         let total: u64 = segments.iter().map(Segment::len).sum();
-        let start =
-            self.shared
-                .policy
-                .start_tier(client.strategy, self.history_rate(client), Some(total));
+        // A response of up to 64 KiB is one read whatever the prior (a Range GET of a block).
+        let policy = &self.shared.policy;
+        let mut start = policy.start_tier(client.strategy, self.history_rate(client), Some(total));
+        if policy.fixed.is_none() {
+            start = start.max(policy.tier_at_least(total.min(ONE_READ_MAX) as f64));
+        }
         let transfer = Transfer::new(self.shared.clone(), Direction::Download, *client, start);
         FileBody::new(
             self.pool.clone(),
             transfer,
             file,
             segments,
-            if client.http2 { 0 } else { self.read_ahead },
-            self.lease_timeout,
+            (
+                if client.http2 { 0 } else { self.read_ahead },
+                self.lease_timeout,
+            ),
             guard,
+            meter.filter(|_| !client.http2),
         )
     }
 }

@@ -57,14 +57,18 @@ impl Transfer {
         self.state.tier
     }
 
-    /// Record one buffer and return the tier for the next.
-    pub fn observe(
-        &mut self,
-        bytes: usize,
-        active: Duration,
-        client_wait: Duration,
-        disk_wait: Duration,
-    ) -> usize {
+    /// Record one buffer without a sizing decision (its figures say nothing about the pace).
+    pub fn count(&mut self, bytes: usize, client_wait: Duration, disk_wait: Duration) {
+        self.record_buffer(bytes, client_wait, disk_wait);
+        self.state.count(bytes);
+    }
+
+    /// Forget the measured rate: what follows measures the client, what came before did not.
+    pub fn restart_rate(&mut self) {
+        self.state.rate = None;
+    }
+
+    fn record_buffer(&self, bytes: usize, client_wait: Duration, disk_wait: Duration) {
         let m = &self.shared.metrics;
         let d = self.dir.label();
         m.buffer_bytes.with_label_values(&[d]).observe(bytes as f64);
@@ -74,6 +78,19 @@ impl Transfer {
         m.wait_seconds
             .with_label_values(&[d, "disk"])
             .inc_by(disk_wait.as_secs_f64());
+    }
+
+    /// Record one buffer and return the tier for the next.
+    pub fn observe(
+        &mut self,
+        bytes: usize,
+        active: Duration,
+        client_wait: Duration,
+        disk_wait: Duration,
+    ) -> usize {
+        self.record_buffer(bytes, client_wait, disk_wait);
+        let m = &self.shared.metrics;
+        let d = self.dir.label();
         let stalls_before = self.state.stalls;
         match self
             .state

@@ -19,20 +19,34 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Sleep;
+
+use crate::engine::SendMeter;
 
 /// A client socket the guard can cut hard.
 pub trait Abort {
     /// Make the coming close drop whatever is still queued for the client.
     fn abort(&self);
+
+    /// Keep at most `bytes` of not-yet-sent data queued in the kernel (`TCP_NOTSENT_LOWAT`):
+    /// writes then block as soon as the client falls behind, so the send meter sees the
+    /// client's pace. 0 leaves the kernel's default.
+    fn limit_unsent(&self, _bytes: u32) {}
 }
 
 impl Abort for TcpStream {
     fn abort(&self) {
         // Zero linger: the close sends a reset and frees the kernel's send queue at once.
         let _ = self.set_zero_linger();
+    }
+
+    fn limit_unsent(&self, bytes: u32) {
+        if bytes > 0 {
+            let _ = socket2::SockRef::from(self).set_tcp_notsent_lowat(bytes);
+        }
     }
 }
 
@@ -60,17 +74,21 @@ struct Window {
 pub struct ConnGuard<T> {
     inner: T,
     limits: Limits,
+    meter: Arc<SendMeter>,
     /// Armed until the client's first byte arrives.
     first_bytes: Option<Pin<Box<Sleep>>>,
     window: Option<Window>,
 }
 
 impl<T: Abort> ConnGuard<T> {
-    pub fn new(inner: T, limits: Limits) -> Self {
+    /// `meter` counts what the kernel accepts and when the socket is full (see
+    /// [`SendMeter`]).
+    pub fn new(inner: T, limits: Limits, meter: Arc<SendMeter>) -> Self {
         let first_bytes = Some(Box::pin(tokio::time::sleep(limits.first_bytes_timeout)));
         Self {
             inner,
             limits,
+            meter,
             first_bytes,
             window: None,
         }
@@ -89,6 +107,7 @@ impl<T: Abort> ConnGuard<T> {
     ) -> Poll<io::Result<usize>> {
         match r {
             Poll::Ready(Ok(n)) => {
+                self.meter.wrote(n);
                 if let Some(w) = self.window.as_mut() {
                     w.sent += n as u64;
                     if w.sent >= self.window_quota() {
@@ -108,6 +127,7 @@ impl<T: Abort> ConnGuard<T> {
 
     /// A write (or flush) could not proceed: open a window, or judge the open one.
     fn blocked<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        self.meter.blocked();
         let timeout = self.limits.send_timeout;
         let quota = self.window_quota();
         let w = self.window.get_or_insert_with(|| Window {

@@ -373,6 +373,7 @@ async fn accept_loop<L: Acceptor>(
         .metrics
         .connections_closed
         .with_label_values(&["per_client"]);
+    let send_lowat = u32::try_from(cfg.send_lowat.as_u64()).unwrap_or(u32::MAX);
     let graceful = GracefulShutdown::new();
     loop {
         // At the total cap, further clients wait in the kernel's accept queue.
@@ -409,16 +410,20 @@ async fn accept_loop<L: Acceptor>(
             None => None,
         };
         let conn_state = state.clone();
+        let meter = crate::engine::SendMeter::new();
+        let conn_meter = meter.clone();
         let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let state = conn_state.clone();
             if let Some(p) = peer {
                 req.extensions_mut().insert(crate::context::PeerAddr(p));
             }
+            req.extensions_mut().insert(conn_meter.clone());
             async move { Ok::<_, Infallible>(crate::router::handle(state, req).await) }
         });
         // The guard sits under TLS, so its timeouts see the raw bytes (a silent client, a
-        // stalled handshake, a slow reader).
-        let io = io::ConnGuard::new(stream, io_limits.clone());
+        // stalled handshake, a slow reader) and its meter the bytes the kernel really takes.
+        io::Abort::limit_unsent(&stream, send_lowat);
+        let io = io::ConnGuard::new(stream, io_limits.clone(), meter);
         let (state, builder, watcher, tls) = (
             state.clone(),
             builder.clone(),

@@ -12,7 +12,7 @@ async fn fast_bulk_upload_and_download_climb_to_large_buffers() {
     let s = TestServer::start().await;
     let body = data(24 * 1024 * 1024, 21);
     let url = s.put_v1("e/bulk.bin", body.len() as u64);
-    // A phone app starts small (64 KiB prior) and climbs on a fast link.
+    // A phone app starts small (16 KiB prior) and climbs on a fast link.
     let r = s
         .client
         .put(url)
@@ -28,8 +28,8 @@ async fn fast_bulk_upload_and_download_climb_to_large_buffers() {
             >= 1.0
     );
     assert!(
-        s.metric("sluice_pool_leases_total{tier=\"65536\"}").await >= 1.0,
-        "mobile prior starts at 64 KiB"
+        s.metric("sluice_pool_leases_total{tier=\"16384\"}").await >= 1.0,
+        "the prior starts at 16 KiB"
     );
     assert!(
         s.metric("sluice_pool_leases_total{tier=\"1048576\"}").await >= 1.0,
@@ -112,7 +112,11 @@ async fn slow_upload(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_drops_to_small_buffers_and_stalls_are_counted() {
-    let s = TestServer::start_with(|c| c.engine.stall_threshold = Duration::from_millis(150)).await;
+    let s = TestServer::start_with(|c| {
+        c.engine.stall_threshold = Duration::from_millis(150);
+        c.engine.clients.mobile_start_buffer = bytesize::ByteSize::kib(64);
+    })
+    .await;
     // 64 KiB prior; ~80 KB/s with pauses of 200 ms → stalls → smallest tier.
     let resp = slow_upload(
         &s,
@@ -234,4 +238,61 @@ async fn clients_holding_buffers_cannot_stall_others_forever() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(held);
+}
+
+/// A download to a client that reads `chunk` bytes every `every` through a small receive
+/// buffer (so the kernel cannot absorb the file on the client's side, as on a real slow link).
+async fn slow_download(s: &TestServer, path: &str, chunk: usize, every: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&s.addr.into()).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut c = tokio::net::TcpStream::from_std(sock.into()).unwrap();
+    write(
+        &mut c,
+        format!("GET /upload/{path} HTTP/1.1\r\nHost: x\r\nUser-Agent: curl/8\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(every).await;
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    got.split_off(head_end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_buffers_sized_to_its_pace() {
+    let s = TestServer::start().await;
+    let body = data(2 * 1024 * 1024, 23);
+    assert_eq!(
+        s.put("e/paced.bin", body.clone()).await,
+        StatusCode::CREATED
+    );
+    let before = |tier: &str| format!("sluice_pool_leases_total{{tier=\"{tier}\"}}");
+    let (big0, mid0) = (
+        s.metric(&before("1048576")).await,
+        s.metric(&before("262144")).await,
+    );
+    // About 1.6 MB/s: 20 ms of it is ~32 KB, so 16-64 KiB buffers, never 256 KiB or 1 MiB
+    // (the kernel takes the first ~150 KB at once; that must not count as the client's pace).
+    let got = slow_download(&s, "e/paced.bin", 16 * 1024, Duration::from_millis(10)).await;
+    assert_eq!(got, body);
+    assert_eq!(s.metric(&before("1048576")).await, big0, "no 1 MiB buffer");
+    assert_eq!(s.metric(&before("262144")).await, mid0, "no 256 KiB buffer");
+    // The same file to a client that keeps up climbs to the largest buffers.
+    assert_eq!(s.get_bytes("e/paced.bin").await.1, body);
+    assert!(s.metric(&before("1048576")).await > big0);
+    assert_eq!(s.metric("sluice_pool_in_use_bytes").await, 0.0);
 }
