@@ -97,11 +97,15 @@ pub fn all_match(claims: &[Claim], sha256: &[u8], sha512: Option<&[u8]>) -> bool
 
 /// The `Repr-Digest` value for a stored file's SHA-256 (lowercase hex).
 pub fn repr_digest(sha256_hex: &str) -> Option<String> {
-    let raw = hex::decode(sha256_hex).ok()?;
-    Some(format!(
-        "sha-256=:{}:",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    ))
+    // Decoded into a fixed array and encoded into one preallocated string: this runs on every
+    // download response.
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(sha256_hex, &mut raw).ok()?;
+    let mut out = String::with_capacity(56);
+    out.push_str("sha-256=:");
+    base64::engine::general_purpose::STANDARD.encode_string(raw, &mut out);
+    out.push(':');
+    Some(out)
 }
 
 #[cfg(test)]

@@ -87,6 +87,18 @@ fn apply_batch(
             return batch.iter().map(|_| Err(clone_err(&e))).collect();
         }
     };
+    if let [(w, _)] = batch {
+        // A batch of one (every write when the load is light) needs no savepoint: a write
+        // that fails rolls back the whole transaction (dropping it rolls back).
+        let r = apply(&tx, w);
+        return match r {
+            Ok(written) => match tx.commit() {
+                Ok(()) => vec![Ok(written)],
+                Err(e) => vec![Err(backend(e))],
+            },
+            Err(e) => vec![Err(e)],
+        };
+    }
     let mut results: Vec<Result<Written, CatalogError>> = batch
         .iter()
         .map(|(w, _)| {
