@@ -77,6 +77,12 @@ pub trait StagedObject: RangeRead {
     fn write_blocking(&self, _offset: u64, _data: &[u8]) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    /// Write what can be written at `offset` without waiting (on an async worker: only what
+    /// the backend can take at once, e.g. into the page cache); returns how many bytes of
+    /// `data` were written. The caller writes the rest the usual way.
+    fn write_now(&self, _offset: u64, _data: &[u8]) -> usize {
+        0
+    }
     /// Cut (or zero-extend) the object to `len` bytes.
     fn set_len(&self, len: u64) -> IoFuture<'_, ()>;
     fn size(&self) -> IoFuture<'_, u64>;

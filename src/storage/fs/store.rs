@@ -124,6 +124,25 @@ impl StagedObject for FsObject {
         self.file.write_all_at(data, offset)
     }
 
+    fn write_now(&self, offset: u64, data: &[u8]) -> usize {
+        // `pwritev2` with `RWF_NOWAIT`: into the page cache when that needs no wait (no block
+        // allocation I/O, no writeback throttling), else nothing (EAGAIN, or a filesystem
+        // without non-blocking buffered writes).
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwritev2(
+                &*self.file,
+                &[std::io::IoSlice::new(&data[done..])],
+                offset + done as u64,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => done += n,
+            }
+        }
+        done
+    }
+
     fn set_len(&self, len: u64) -> IoFuture<'_, ()> {
         let file = self.file.clone();
         Box::pin(blocking(move || file.set_len(len)))
