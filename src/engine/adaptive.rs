@@ -206,12 +206,20 @@ pub struct TransferState {
     pub stalls: u32,
     /// Number of buffers observed.
     pub buffers: u64,
+    /// The rate measures the client itself (a download behind a socket that backed up).
+    pub paced: bool,
 }
 
 const EWMA_ALPHA: f64 = 0.3;
 
 /// The largest first buffer a client's history can ask for.
 const HISTORY_START_MAX: usize = 64 * 1024;
+
+/// Until a transfer has moved this much, or its client's pace was measured behind a full
+/// socket, it climbs no higher than [`EARLY_TIER_MAX`]: the first bytes come from (or go into)
+/// the kernel's socket buffers at memory speed, which says nothing about the client.
+const EARLY_BYTES: u64 = 1024 * 1024;
+const EARLY_TIER_MAX: usize = 64 * 1024;
 
 impl TransferState {
     pub fn new(tier: usize) -> Self {
@@ -223,6 +231,7 @@ impl TransferState {
             disk_wait: Duration::ZERO,
             stalls: 0,
             buffers: 0,
+            paced: false,
         }
     }
 
@@ -274,6 +283,9 @@ impl TransferState {
             // Down at once: a buffer larger than the client's pace only holds memory while
             // it fills or drains.
             self.tier = want;
+        }
+        if self.tier > old && !self.paced && self.bytes < EARLY_BYTES {
+            self.tier = self.tier.min(p.tier_at_most(EARLY_TIER_MAX).max(old));
         }
         match self.tier.cmp(&old) {
             std::cmp::Ordering::Greater => Change::Up,
@@ -439,10 +451,49 @@ mod tests {
                 Duration::ZERO,
             ));
         }
-        assert_eq!(changes[..3], [Change::Up, Change::Up, Change::Up]);
+        // Up to 64 KiB at once; above it only after the first MiB (the socket buffers' burst).
+        assert_eq!(changes[..2], [Change::Up, Change::Same]);
+        assert_eq!(t.tier, 1);
+        while t.bytes + ((64 * K) as u64) < EARLY_BYTES {
+            t.observe(
+                &p,
+                64 * K,
+                Duration::from_micros(40),
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+        }
+        assert_eq!(t.tier, 1);
+        let mut later = Vec::new();
+        for _ in 0..3 {
+            later.push(t.observe(
+                &p,
+                256 * K,
+                Duration::from_micros(160),
+                Duration::ZERO,
+                Duration::ZERO,
+            ));
+        }
+        assert_eq!(later, [Change::Up, Change::Up, Change::Same]);
         assert_eq!(t.tier, 3);
-        assert_eq!(changes[3], Change::Same);
         assert_eq!(t.quality(&p), Some(Quality::Excellent));
+    }
+
+    #[test]
+    fn a_paced_client_climbs_at_once() {
+        let p = policy();
+        let mut t = TransferState::new(0);
+        t.paced = true;
+        for _ in 0..3 {
+            t.observe(
+                &p,
+                16 * K,
+                Duration::from_micros(10),
+                Duration::ZERO,
+                Duration::ZERO,
+            );
+        }
+        assert_eq!(t.tier, 3);
     }
 
     #[test]
@@ -506,6 +557,7 @@ mod tests {
     fn disk_bound_transfer_steps_up() {
         let p = policy();
         let mut t = TransferState::new(1);
+        t.bytes = EARLY_BYTES;
         // Slow-ish rate would say "stay", but the disk is the bottleneck.
         let c = t.observe(
             &p,

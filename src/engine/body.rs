@@ -86,9 +86,11 @@ pub struct FileBody {
     disk_wait_since: Option<Instant>,
     /// The connection's send meter, as this body reads it.
     meter: Option<Paced>,
-    /// The client sets the pace (its socket backed up since the previous frame, or earlier
-    /// and its pace is below the largest buffers): no read-ahead.
-    backed_up: bool,
+    /// No read-ahead: the next read starts when hyper asks for the next frame. With a send
+    /// meter, reading ahead is for clients that take the largest buffers and did not back up
+    /// their socket since the previous frame; a slower one gains nothing from it and would
+    /// hold more buffers.
+    reads_on_demand: bool,
     _guard: Option<crate::metrics::GaugeGuard>,
 }
 
@@ -103,6 +105,7 @@ impl FileBody {
         meter: Option<Arc<SendMeter>>,
     ) -> Self {
         let remaining = segments.iter().map(Segment::len).sum();
+        let reads_on_demand = meter.is_some();
         Self {
             pool,
             transfer,
@@ -123,7 +126,7 @@ impl FileBody {
                     backed_up_once: false,
                 }
             }),
-            backed_up: false,
+            reads_on_demand,
             _guard: guard,
         }
     }
@@ -132,7 +135,7 @@ impl FileBody {
     fn fill_pipeline(&mut self) -> io::Result<()> {
         // Under memory pressure, or behind a client slower than us, no read-ahead: one buffer
         // per transfer in our hands.
-        let depth = if self.backed_up || self.pool.under_pressure() {
+        let depth = if self.reads_on_demand || self.pool.under_pressure() {
             1
         } else {
             self.read_ahead
@@ -210,16 +213,16 @@ impl FileBody {
         let reading = paced.meter.read();
         let (backed_up, _) = reading.since(&paced.last);
         paced.last = reading;
-        // Reading ahead hides the disk from a client faster than it; a client that has
-        // backed up its socket and takes less than the largest buffers is not one.
+        // Reading ahead hides the disk from a client faster than it: one that takes the
+        // largest buffers without backing up its socket.
         let top = self.pool.tier_count().saturating_sub(1);
-        self.backed_up = backed_up || (paced.backed_up_once && self.transfer.tier() < top);
+        self.reads_on_demand = backed_up || self.transfer.tier() < top;
         if backed_up && !paced.backed_up_once {
             // The socket backed up for the first time: what was measured so far is the
             // kernel's queue filling, not the client. Measure the client from here.
             paced.backed_up_once = true;
             paced.window = (now, reading.sent, Duration::ZERO);
-            self.transfer.restart_rate();
+            self.transfer.paced();
             self.transfer.count(bytes, client_wait, disk_wait);
             return;
         }
@@ -287,7 +290,7 @@ impl Body for FileBody {
                 this.yielded(n, disk_wait);
                 // Start the next read before handing this buffer out, unless the client is
                 // the bottleneck (then the read starts when hyper asks for the next frame).
-                if !this.backed_up {
+                if !this.reads_on_demand {
                     if let Err(e) = this.fill_pipeline() {
                         return Poll::Ready(Some(Err(e)));
                     }

@@ -63,9 +63,11 @@ impl Transfer {
         self.state.count(bytes);
     }
 
-    /// Forget the measured rate: what follows measures the client, what came before did not.
-    pub fn restart_rate(&mut self) {
+    /// From here the figures measure the client itself (its socket backed up): forget the
+    /// rate measured before, and let the tier follow the new one from the start.
+    pub fn paced(&mut self) {
         self.state.rate = None;
+        self.state.paced = true;
     }
 
     fn record_buffer(&self, bytes: usize, client_wait: Duration, disk_wait: Duration) {
