@@ -214,9 +214,10 @@ impl FileBody {
         let (backed_up, _) = reading.since(&paced.last);
         paced.last = reading;
         // Reading ahead hides the disk from a client faster than it: one that takes the
-        // largest buffers without backing up its socket.
+        // largest buffers without backing up its socket (fixed mode: one that does not back
+        // it up).
         let top = self.pool.tier_count().saturating_sub(1);
-        self.reads_on_demand = backed_up || self.transfer.tier() < top;
+        self.reads_on_demand = backed_up || (!self.transfer.fixed() && self.transfer.tier() < top);
         if backed_up && !paced.backed_up_once {
             // The socket backed up for the first time: what was measured so far is the
             // kernel's queue filling, not the client. Measure the client from here.

@@ -57,6 +57,11 @@ impl Transfer {
         self.state.tier
     }
 
+    /// The engine runs in fixed mode (one buffer size, no adaptive rules).
+    pub fn fixed(&self) -> bool {
+        self.shared.policy.fixed.is_some()
+    }
+
     /// Record one buffer without a sizing decision (its figures say nothing about the pace).
     pub fn count(&mut self, bytes: usize, client_wait: Duration, disk_wait: Duration) {
         self.record_buffer(bytes, client_wait, disk_wait);
