@@ -4,10 +4,11 @@
 //! through `Bytes::from_owner`, so the buffer returns to the pool once hyper has written it, or
 //! when the client disconnects and the body is dropped.
 //!
-//! With the connection's [`SendMeter`], a body whose socket backed up since its previous frame
-//! (the client drains slower than we read) measures the client's drain rate from the bytes the
-//! kernel took, sizes the next buffer from it, and reads nothing ahead: the next read starts
-//! when hyper asks for the next frame, so a slow reader holds one buffer.
+//! With the connection's [`SendMeter`], once the socket has backed up (the client drains slower
+//! than we read) the body measures the client's pace from the bytes the kernel took over 100 ms
+//! windows and sizes the next buffer from it; reads run ahead of the socket only for a client
+//! that takes the largest buffers without backing it up, else the next read starts when hyper
+//! asks for the next frame, so a slow reader holds one buffer.
 
 use std::collections::VecDeque;
 use std::future::Future;
