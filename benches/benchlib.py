@@ -21,11 +21,17 @@ def mac(secret: str, path: str, size: int) -> str:
     return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
 
 
-def cmd_port():
+def free_port(addr="127.0.0.1"):
+    """A TCP port free on `addr` right now (the benches' servers bind it next)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    print(s.getsockname()[1])
+    s.bind((addr, 0))
+    port = s.getsockname()[1]
     s.close()
+    return port
+
+
+def cmd_port():
+    print(free_port())
 
 
 def cmd_sign(secret, path, size):

@@ -58,7 +58,6 @@ import asyncio
 import bisect
 import collections
 import hashlib
-import hmac
 import http.client
 import math
 import os
@@ -73,6 +72,7 @@ import sys
 import tempfile
 import time
 import traceback
+import benchlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECRET = "sluice-chat-bench-secret-0123456789"
@@ -167,7 +167,7 @@ def build_schedule(a):
 
 
 def mac(path, size):
-    return hmac.new(SECRET.encode(), f"{path} {size}".encode(), hashlib.sha256).hexdigest()
+    return benchlib.mac(SECRET, path, size)
 
 
 # ---------------------------------------------------------------- minimal HTTP/1.1 client
@@ -271,19 +271,11 @@ def probe(port, path, want=200):
         return False
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Server:
     name, put_ok = "?", (201,)
 
     def __init__(self, binary, work, rnd):
-        self.binary, self.dir, self.port, self.proc = binary, os.path.join(work, f"{self.name}-r{rnd}"), free_port(), None
+        self.binary, self.dir, self.port, self.proc = binary, os.path.join(work, f"{self.name}-r{rnd}"), benchlib.free_port(), None
         os.makedirs(self.dir)
 
     def launch(self, cmd, ready_path, env=None):

@@ -14,8 +14,6 @@ nginx. Needs: wrk, curl, nginx, psql; run as root (PostgreSQL runs as its own us
 """
 
 import argparse
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -26,24 +24,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+import benchlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MiB = 1 << 20
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def mac(secret, path, size):
-    return hmac.new(secret.encode(), f"{path} {size}".encode(), hashlib.sha256).hexdigest()
 
 
 def cpu_of(pids):
@@ -89,7 +75,7 @@ class Setup:
 
 
 def put_file(base, secret, path, data):
-    url = f"{base}/upload/{path}?v={mac(secret, path, len(data))}"
+    url = f"{base}/upload/{path}?v={benchlib.mac(secret, path, len(data))}"
     r = urllib.request.Request(url, data=data, method="PUT")
     with urllib.request.urlopen(r, timeout=120) as resp:
         assert resp.status == 201, resp.status
@@ -172,7 +158,7 @@ secret = "{secret}"
             return f"{d}/sluice.toml"
 
         # One node on the filesystem (SQLite catalog).
-        port = free_port()
+        port = benchlib.free_port()
         p = subprocess.Popen([binary, "--config", config(f"{work}/fs", port)],
                              stdout=open(f"{work}/fs.log", "w"), stderr=subprocess.STDOUT)
         procs.append(p)
@@ -182,7 +168,7 @@ secret = "{secret}"
         # One and three nodes on S3 + PostgreSQL (launch.py: nginx in front).
         for n in (1, 3):
             d = f"{work}/s3x{n}"
-            port = free_port()
+            port = benchlib.free_port()
             cfg = config(d, port)
             p = subprocess.Popen([sys.executable, f"{REPO}/tests/cluster/launch.py", "--config", cfg],
                                  env=dict(env, SLUICE_CLUSTER_NODES=str(n)),
@@ -238,7 +224,7 @@ secret = "{secret}"
             with open(lst, "w") as f:
                 for k in range(a.dur * 12000):
                     path = f"p4k/{tag}/{k % 64}/{k}.bin"
-                    f.write(f"/upload/{path}?v={mac(secret, path, 4096)}\n")
+                    f.write(f"/upload/{path}?v={benchlib.mac(secret, path, 4096)}\n")
             rps, bad = run_wrk(["-c16", "-s", f"{HERE}/put.lua", f"{s.base}/upload/", "--",
                                 lst, f"{work}/f4k.bin", "2"], a.dur)
             return rps * a.dur, rps * a.dur, bad
@@ -252,7 +238,7 @@ secret = "{secret}"
             ps = []
             for k in range(4):
                 path = f"p64m/{s.name.replace(' ', '_')}/r{rnd}/{k}.bin"
-                url = f"{s.base}/upload/{path}?v={mac(secret, path, 64 * MiB)}"
+                url = f"{s.base}/upload/{path}?v={benchlib.mac(secret, path, 64 * MiB)}"
                 ps.append(subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                                             "-T", f"{work}/f64m.bin", url],
                                            stdout=subprocess.PIPE, text=True))

@@ -14,8 +14,6 @@ Scenarios (each starts its own Sluice with its own config and stops it):
 
 Prints markdown tables; --out also writes them to FILE. Standard library only.
 """
-import hashlib
-import hmac
 import http.client
 import os
 import re
@@ -26,24 +24,17 @@ import sys
 import tempfile
 import threading
 import time
+import benchlib
 
 SECRET = "load-bench-secret-0123456789"
 QUICK = "--quick" in sys.argv
 MIB = 1024 * 1024
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 class Server:
     def __init__(self, binary, extra=""):
         self.dir = tempfile.mkdtemp(prefix="sluice-load-")
-        self.port = free_port()
+        self.port = benchlib.free_port()
         cfg = os.path.join(self.dir, "config.toml")
         with open(cfg, "w") as f:
             f.write(
@@ -98,8 +89,7 @@ class Server:
 
 
 def signed(path, size):
-    mac = hmac.new(SECRET.encode(), f"{path} {size}".encode(), hashlib.sha256).hexdigest()
-    return f"/{path}?v={mac}"
+    return f"/{path}?v={benchlib.mac(SECRET, path, size)}"
 
 
 CHUNK = os.urandom(64 * 1024)

@@ -49,20 +49,19 @@ Prints markdown; --out also writes it to FILE. Python standard library only.
 """
 import argparse
 import hashlib
-import hmac
 import http.client
 import os
 import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import benchlib
 
 SECRET = "shaped-bench-secret-0123456789"
 KIB, MIB, GIB = 1024, 1024 * 1024, 1024 * 1024 * 1024
@@ -161,14 +160,6 @@ class Net:
 
 # ---------------------------------------------------------------- Sluice
 
-def free_port(addr):
-    s = socket.socket()
-    s.bind((addr, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def engine_toml(engine):
     if engine == "adaptive":
         return ""
@@ -178,7 +169,7 @@ def engine_toml(engine):
 class Server:
     def __init__(self, binary, engine, addr, workdir):
         self.addr, self.dir = addr, workdir
-        self.port = free_port(addr)
+        self.port = benchlib.free_port(addr)
         cfg = os.path.join(workdir, "config.toml")
         with open(cfg, "w") as f:
             f.write(
@@ -265,8 +256,7 @@ def metric(text, name, labels=""):
 
 
 def signed(path, size):
-    mac = hmac.new(SECRET.encode(), f"{path} {size}".encode(), hashlib.sha256).hexdigest()
-    return f"/{path}?v={mac}"
+    return f"/{path}?v={benchlib.mac(SECRET, path, size)}"
 
 
 # ---------------------------------------------------------------- clients
