@@ -212,7 +212,7 @@ impl FileBody {
             return;
         };
         let reading = paced.meter.read();
-        let (backed_up, _) = reading.since(&paced.last);
+        let backed_up = reading.backed_up_since(&paced.last);
         paced.last = reading;
         // Reading ahead hides the disk from a client faster than it: one that takes the
         // largest buffers without backing up its socket (fixed mode: one that does not back

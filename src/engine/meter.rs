@@ -57,13 +57,9 @@ impl SendMeter {
 }
 
 impl SendReading {
-    /// Since `earlier`: was the socket full at some point (the client set the pace), and how
-    /// many bytes did the kernel take.
-    pub fn since(&self, earlier: &SendReading) -> (bool, u64) {
-        (
-            self.blocked || self.blocks != earlier.blocks,
-            self.sent.saturating_sub(earlier.sent),
-        )
+    /// Was the socket full at some point since `earlier` (the client set the pace)?
+    pub fn backed_up_since(&self, earlier: &SendReading) -> bool {
+        self.blocked || self.blocks != earlier.blocks
     }
 }
 
@@ -76,15 +72,17 @@ mod tests {
         let m = SendMeter::new();
         let r0 = m.read();
         m.wrote(100);
-        assert_eq!(m.read().since(&r0), (false, 100));
+        assert!(!m.read().backed_up_since(&r0));
+        assert_eq!(m.read().sent, 100);
         m.blocked();
         m.blocked();
         let r1 = m.read();
         assert_eq!((r1.blocks, r1.blocked), (1, true));
         m.wrote(50);
         let r2 = m.read();
-        assert_eq!(r2.since(&r1), (false, 50));
-        assert_eq!(r2.since(&r0), (true, 150), "a block in between counts");
+        assert!(!r2.backed_up_since(&r1));
+        assert_eq!(r2.sent - r1.sent, 50);
+        assert!(r2.backed_up_since(&r0), "a block in between counts");
         m.blocked();
         assert_eq!(m.read().blocks, 2);
     }
